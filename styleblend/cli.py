@@ -1,0 +1,155 @@
+"""``styleblend`` — the command line over the package's stage functions.
+
+Every subcommand takes the same options with the same meanings (``--set``, ``--styles``, ``--data``,
+``--results``, ``--checkpoints``, ``--model``, ``--config``, ``--seed``, ``--force``, ``--smoke``).
+Errors print one line and exit with status 2 (the traceback only with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import StyleBlendError
+
+STAGES = ("sdedit", "coarse", "fine", "generate", "reproduce")
+
+
+def _styles(text: Optional[str]) -> Optional[List[str]]:
+    if not text:
+        return None
+    return [s for s in text.replace(",", " ").split() if s]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="set_name", default="B", help="set name: results go to RESULTS/SET/STYLE (default B)")
+    p.add_argument("--styles", default=None, help="style ids, e.g. 00,05 (default: every style found in --data)")
+    p.add_argument("--data", default=None, help="folder holding <style>/images and <style>/prompt.json (default data/SET)")
+    p.add_argument("--results", default="result", help="images go to RESULTS/SET/STYLE/<Prompt>.png")
+    p.add_argument("--checkpoints", default="checkpoints", help="learned files go to CHECKPOINTS/SET/STYLE/")
+    p.add_argument("--model", default=None, help="SD 2.1 folder or hub id (default: the embedded tiny model)")
+    p.add_argument("--config", default=None, help="a recipe YAML overriding the defaults (partial is fine)")
+    p.add_argument("--seed", type=int, default=None, help="one seed for every prompt (default: per-prompt seeds)")
+    p.add_argument("--force", action="store_true", help="retrain / regenerate even where outputs exist")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (images still 512²)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="styleblend", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    helps = {"sdedit": "build the SDEdit images for the coarse style", "coarse": "train <C> + text-encoder LoRA",
+             "fine": "train <F> (textual inversion) + UNet LoRA", "generate": "two-branch StyleBlend generation",
+             "reproduce": "all stages for every selected style (skips what is done)"}
+    for name in STAGES:
+        _common(sub.add_parser(name, help=helps[name]))
+    ev = sub.add_parser("evaluate", help="the challenge score for generated images")
+    _common(ev)
+    ev.add_argument("--out", default=None, help="write the scores as CSV")
+    ev.add_argument("--dino", default=None, help="local DINOv2 (facebook/dinov2-base) folder")
+    ev.add_argument("--clip", default=None, help="local CLIP ViT-L/14 folder")
+    nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill (make reproduce)")
+    _common(nb)
+    nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
+    nb.add_argument("--gpus", default=None, help="reserved for multi-GPU runs (one style per GPU)")
+    data = sub.add_parser("data", help="lay out downloaded style images into DATA/<style>/images")
+    data.add_argument("--from", dest="source", required=True)
+    data.add_argument("--data", required=True)
+    tiny = sub.add_parser("write-tiny", help="write the tiny random SD model (diffusers folder format)")
+    tiny.add_argument("path")
+    tiny.add_argument("--seed", type=int, default=0)
+    rnd = sub.add_parser("write-random", help="write a full SD 2.1-architecture folder with random weights (GPU timing)")
+    rnd.add_argument("path")
+    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    return parser
+
+
+def _data_root(args) -> Path:
+    return Path(args.data) if args.data else Path("data") / args.set_name
+
+
+def _run_stage(args) -> None:
+    from . import reproduce as rp
+    from .config import load_recipe
+    from .data import load_style
+    from .loading import load_sd, resolve_model
+
+    paths = rp.SetPaths(args.set_name, _data_root(args), Path(args.results), Path(args.checkpoints))
+    if args.command == "reproduce":
+        rp.reproduce(args.set_name, paths.data_root, paths.results_root, paths.checkpoints_root,
+                     _styles(args.styles), args.model, args.config, args.seed, args.force, args.smoke)
+        return
+    styles = rp.select_styles(paths.data_root, _styles(args.styles))
+    recipe = load_recipe(args.config, smoke=args.smoke)
+    sd = load_sd(resolve_model(args.model))
+    for style in styles:
+        style_data = load_style(paths.data_root, style)
+        if args.command == "sdedit":
+            result = rp.run_sdedit(sd, style_data, recipe, paths, args.force)
+            print(f"style {style}: SDEdit images in {paths.checkpoint(style).sdedit_dir}. {result.note or ''}")
+        elif args.command == "coarse":
+            result = rp.run_coarse(sd, style_data, recipe, paths, args.force)
+            print(f"style {style}: coarse style " + ("already trained" if result is None else "trained"))
+        elif args.command == "fine":
+            result = rp.run_fine(sd, style_data, recipe, paths, args.force)
+            print(f"style {style}: fine style " + ("already trained" if result is None else "trained"))
+        else:
+            images = rp.run_generate(sd, style_data, recipe, paths, args.seed, args.force)
+            print(f"style {style}: {len(images)} images in {paths.results_root / args.set_name / style}")
+
+
+def _evaluate(args) -> None:
+    from .evaluate import EvalModels, evaluate_set, markdown_table
+
+    scores = evaluate_set(args.set_name, Path(args.results), _data_root(args), styles=_styles(args.styles),
+                          models=EvalModels(dino=args.dino, clip=args.clip), out_csv=args.out)
+    print(markdown_table(scores))
+
+
+def _notebooks(args) -> None:
+    from .notebook_runner import run_notebooks
+    from .reproduce import select_styles
+
+    styles = select_styles(_data_root(args), _styles(args.styles))
+    rows = run_notebooks(args.set_name, _data_root(args), styles, args.results, args.checkpoints, args.outputs,
+                         model=args.model)
+    if any(r.status != "ok" for r in rows):
+        raise StyleBlendError(f"some notebooks failed: see {Path(args.outputs) / 'report.md'}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in STAGES:
+            _run_stage(args)
+        elif args.command == "evaluate":
+            _evaluate(args)
+        elif args.command == "notebooks":
+            _notebooks(args)
+        elif args.command == "data":
+            from .data import import_images
+            import_images(Path(args.source), Path(args.data))
+        elif args.command == "write-tiny":
+            from .loading import write_tiny_sd
+            print(write_tiny_sd(args.path, seed=args.seed))
+        elif args.command == "write-random":
+            from .loading import write_random_sd
+            print(write_random_sd(args.path, seed=args.seed, dtype=args.dtype))
+    except (StyleBlendError, FileNotFoundError) as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # an unexpected failure: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
