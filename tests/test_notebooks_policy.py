@@ -1,0 +1,30 @@
+"""Notebook policy: numbered, stripped of outputs in git, exactly one `parameters` cell with the shared names,
+and no logic of their own (no function or class definitions: the package owns the logic)."""
+import json
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXPECTED = ["00_setup_and_model", "01_sdedit_data", "02_coarse_style", "03_fine_style", "04_style_blend",
+            "05_generate_B", "06_evaluate"]
+SHARED_PARAMETERS = ("style", "model", "data_root", "output_root", "seed", "smoke")
+
+
+def test_the_seven_numbered_notebooks_exist():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_stripped_and_thin(path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit notebooks stripped"
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged parameters"
+    source = "".join(tagged[0]["source"])
+    for name in SHARED_PARAMETERS:
+        assert f"{name} =" in source, f"parameters cell lacks {name}"
+    for cell in code:
+        src = "".join(cell["source"])
+        assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, "logic belongs in the styleblend package"
