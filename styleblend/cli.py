@@ -131,7 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             _notebooks(args)
         elif args.command == "data":
             from .data import import_images
-            import_images(Path(args.source), Path(args.data))
+            done = import_images(Path(args.source), Path(args.data))
+            print(f"{len(done.copied)} files copied into {args.data}, {len(done.skipped)} already there (kept)")
         elif args.command == "write-tiny":
             from .loading import write_tiny_sd
             print(write_tiny_sd(args.path, seed=args.seed))

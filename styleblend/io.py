@@ -14,12 +14,14 @@ from typing import Callable, Dict, Mapping, Optional
 import numpy as np
 import yaml
 from PIL import Image
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from .errors import ConfigError, ModelLoadError, StyleBlendError
 
 
 def write_atomic(path, write_fn: Callable[[Path], None], overwrite: bool = False) -> Path:
-    """Call ``write_fn(temp_path)`` then move the temp file to ``path``; refuse an existing ``path`` unless ``overwrite``."""
+    """Call ``write_fn(temp_path)``, then move the temp file to ``path``; an existing ``path`` needs ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise StyleBlendError(f"{path} already exists; not replacing it (use --force / overwrite=True)")
@@ -47,23 +49,17 @@ def save_image(img: Image.Image, path, overwrite: bool = False) -> Path:
 def save_safetensors(path, tensors: Mapping[str, np.ndarray], metadata: Optional[Dict[str, str]] = None,
                      overwrite: bool = False) -> Path:
     """Write numpy arrays (and string metadata) as a ``.safetensors`` file, atomically."""
-    from safetensors.numpy import save_file
-
     arrays = {name: np.ascontiguousarray(value) for name, value in tensors.items()}
     return write_atomic(path, lambda tmp: save_file(arrays, str(tmp), metadata=metadata), overwrite)
 
 
 def load_safetensors(path) -> Dict[str, np.ndarray]:
     """Read every array of a ``.safetensors`` file; a missing or damaged file raises :class:`ModelLoadError`."""
-    from safetensors.numpy import load_file
-
     return _read_safetensors(path, lambda: load_file(str(path)))
 
 
 def load_safetensors_metadata(path) -> Dict[str, str]:
     """The string metadata stored in a ``.safetensors`` header (empty when none)."""
-    from safetensors import safe_open
-
     def read():
         with safe_open(str(path), framework="np") as f:
             return dict(f.metadata() or {})

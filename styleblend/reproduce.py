@@ -107,7 +107,7 @@ def run_generate(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, see
     """Stage 4: every prompt of the style through the two-branch sampler into ``<results>/<set>/<style>/``."""
     from .blend import generate_style
 
-    params = load_blend_params(paths.set_name, style_data.style)
+    params = load_blend_params(paths.set_name, style_data.style, base=recipe.blend.params)
     return generate_style(sd, style_data, paths.checkpoint(style_data.style), params, recipe.blend,
                           paths.results_root, paths.set_name, seed=seed, force=force)
 

@@ -1,0 +1,158 @@
+"""Style folders: reference images (file name = caption), ``prompt.json``, result paths.
+
+A style set is a folder of styles, one subfolder each::
+
+    <data_root>/<style>/images/woman_walking_a_dog.png   caption "woman walking a dog"
+    <data_root>/<style>/prompt.json                      {"0": "Ring", "1": "Hotel", ...}
+
+Results go to ``<results>/<set>/<style>/<Prompt>.png``, the prompt spelled as in ``prompt.json``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, NamedTuple
+
+from PIL import Image
+
+from .errors import DataError
+from .io import write_atomic
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class StyleImage:
+    """One reference image, RGB and square, with the caption taken from its file name."""
+    caption: str
+    path: Path
+    image: Image.Image
+
+
+@dataclass
+class StyleData:
+    """A style's reference images and prompts; ``notes`` says what was converted on loading."""
+    style: str
+    folder: Path
+    images: List[StyleImage]
+    prompts: Dict[str, str]
+    notes: List[str] = field(default_factory=list)
+
+
+class Imported(NamedTuple):
+    """What :func:`import_images` did: files copied, and files left alone because they already existed."""
+    copied: List[Path]
+    skipped: List[Path]
+
+
+def caption_from_filename(path) -> str:
+    """``woman_walking_a_dog.png`` → ``"woman walking a dog"`` (lower case, as the original)."""
+    caption = " ".join(Path(path).stem.replace("_", " ").lower().split())
+    if not caption:
+        raise DataError(f"{path}: the file name gives no caption (name images after what they show)")
+    return caption
+
+
+def list_styles(data_root) -> List[str]:
+    """The styles of a set: sorted names of the subfolders that have an ``images/`` folder."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data folder")
+    return sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
+
+
+def load_style(data_root, style: str) -> StyleData:
+    """Read a style folder: every reference image (RGB, centre-cropped square) and its ``prompt.json``."""
+    folder = Path(data_root) / style
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such style folder")
+    paths = _image_files(folder / "images")
+    if not paths:
+        raise DataError(f"{folder / 'images'}: no reference images ({', '.join(IMAGE_SUFFIXES)})")
+    notes: List[str] = []
+    images = [StyleImage(caption_from_filename(p), p, _read_image(p, notes)) for p in paths]
+    return StyleData(style, folder, images, load_prompts(folder / "prompt.json"), notes)
+
+
+def load_prompts(path) -> Dict[str, str]:
+    """``prompt.json``: a non-empty JSON object of id → prompt, kept in file order; prompts name result files."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing (a JSON object of id -> prompt, e.g. {{\"0\": \"Ring\"}})")
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(prompts, dict) or not prompts:
+        raise DataError(f"{path}: must be a non-empty JSON object of id -> prompt")
+    for key, prompt in prompts.items():
+        if not isinstance(prompt, str):
+            raise DataError(f"{path}: prompt '{key}' must be a string, got {prompt!r}")
+        _check_prompt(prompt, f"{path}: prompt '{key}'")
+    if len(set(prompts.values())) != len(prompts):
+        raise DataError(f"{path}: two prompts are the same, so their result files would clash")
+    return prompts
+
+
+def result_path(results_root, set_name: str, style: str, prompt: str) -> Path:
+    """Where the image of ``prompt`` goes: ``<results>/<set>/<style>/<prompt>.png``."""
+    _check_prompt(prompt, f"{set_name}/{style}")
+    return Path(results_root) / set_name / style / f"{prompt}.png"
+
+
+def import_images(src_root, dst_root) -> Imported:
+    """Copy a downloaded set's images into ``dst_root/<style>/images/``, never replacing an existing file.
+
+    Accepts ``<src>/<style>/images/*.png`` or ``<src>/<style>/*.png``; a style's ``prompt.json`` is copied
+    too when ``dst_root`` has none.
+    """
+    src_root, dst_root = Path(src_root), Path(dst_root)
+    if not src_root.is_dir():
+        raise DataError(f"{src_root}: no such folder to import images from")
+    copied, skipped = [], []
+    for style_dir in sorted(p for p in src_root.iterdir() if p.is_dir()):
+        images = _image_files(style_dir / "images") or _image_files(style_dir)
+        extra = [style_dir / "prompt.json"] if (style_dir / "prompt.json").is_file() else []
+        for src in images + extra:
+            dst = dst_root / style_dir.name / ("images" if src in images else "") / src.name
+            if dst.exists():
+                skipped.append(dst)
+            else:
+                copied.append(write_atomic(dst, lambda tmp, src=src: shutil.copyfile(src, tmp)))
+    if not copied and not skipped:
+        raise DataError(f"{src_root}: no style folders with images (<style>/images/*.png or <style>/*.png)")
+    return Imported(copied, skipped)
+
+
+def _image_files(folder: Path) -> List[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_image(path: Path, notes: List[str]) -> Image.Image:
+    """Open an image as RGB (transparency over white) and centre-crop it square, noting each change."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable or truncated files
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+    if img.mode != "RGB":
+        notes.append(f"{path.name}: converted {img.mode} to RGB")
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", img.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.getchannel("A"))
+    w, h = img.size
+    if w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        notes.append(f"{path.name}: centre-cropped {w}x{h} to {side}x{side}")
+    return img
+
+
+def _check_prompt(prompt: str, where: str) -> None:
+    if not prompt.strip() or prompt.strip(".") == "" or any(c in prompt for c in "/\\\0"):
+        raise DataError(f"{where}: {prompt!r} cannot name a result file (empty, '.', '/', '\\' or NUL)")
