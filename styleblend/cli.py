@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="write the scores as CSV")
     ev.add_argument("--dino", default=None, help="local DINOv2 (facebook/dinov2-base) folder")
     ev.add_argument("--clip", default=None, help="local CLIP ViT-L/14 folder")
+    ev.add_argument("--lpips", action="store_true", help="compute LPIPS (the lpips package; it fetches SqueezeNet)")
+    ev.add_argument("--fid", default=None, help="local Inception file for FID (inception-2015-12-05.pt)")
     nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill (make reproduce)")
     _common(nb)
     nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
@@ -105,7 +107,7 @@ def _evaluate(args) -> None:
     from .evaluate import EvalModels, evaluate_set, markdown_table
 
     scores = evaluate_set(args.set_name, Path(args.results), _data_root(args), styles=_styles(args.styles),
-                          models=EvalModels(dino=args.dino, clip=args.clip), out_csv=args.out)
+                          models=EvalModels(dino=args.dino, clip=args.clip, lpips=args.lpips or None, fid=args.fid), out_csv=args.out)
     print(markdown_table(scores))
 
 
