@@ -29,13 +29,20 @@ def merge_heads(x: jt.Var) -> jt.Var:
     return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
 
 
-def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, upcast: bool = False) -> jt.Var:
-    """softmax(q kᵀ / sqrt(d)) v over [B, H, N, D] inputs; softmax always in float32."""
+def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, upcast: bool = False,
+                                 mask: Optional[jt.Var] = None) -> jt.Var:
+    """softmax(q kᵀ / sqrt(d) + mask) v over [B, H, N, D] inputs; softmax always in float32.
+
+    ``mask`` (optional, float32) is added to the scores, e.g. a large negative number above the diagonal
+    for CLIP's causal attention.
+    """
     dtype = q.dtype
     if upcast:
         q, k = q.float32(), k.float32()
-    scores = jt.matmul(q, k.transpose(0, 1, 3, 2)) * (q.shape[-1] ** -0.5)
-    probs = nn.softmax(scores.float32(), dim=-1)
+    scores = (jt.matmul(q, k.transpose(0, 1, 3, 2)) * (q.shape[-1] ** -0.5)).float32()
+    if mask is not None:
+        scores = scores + mask
+    probs = nn.softmax(scores, dim=-1)
     return jt.matmul(probs.cast(v.dtype), v).cast(dtype)
 
 
