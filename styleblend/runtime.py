@@ -17,7 +17,7 @@ import os
 import sys
 
 CPU_FLAGS = {"use_mkl": "0", "nvcc_path": "", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
-GPU_FLAGS = {"use_cutt": "0", "use_cutlass": "0", "use_nccl": "0", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
+GPU_FLAGS = {"use_mkl": "0", "use_cutt": "0", "use_cutlass": "0", "use_nccl": "0", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
 
 
 def wants_gpu() -> bool:
