@@ -48,5 +48,7 @@ data: $(STAMP)  ## lay out downloaded B images: make data B_IMAGES=/path/to/B
 gpu-setup:  ## once per CUDA 13 / cuDNN 9 GPU machine: patch the installed Jittor so it builds there
 	$(PY) -m styleblend.gpu_setup
 
-bench: $(STAMP)  ## GPU benchmarks (see docs/performance.md)
-	STYLEBLEND_DEVICE=cuda $(PY) bench/unet_step.py
+bench: $(STAMP)  ## GPU benchmarks, ours vs diffusers, one JSON line each (see docs/performance.md)
+	for dtype in float32 float16; do for impl in jittor diffusers; do \
+	  STYLEBLEND_DEVICE=cuda $(PY) bench/unet_step.py --impl $$impl --dtype $$dtype; done; done
+	STYLEBLEND_DEVICE=cuda $(PY) bench/probe_ops.py
