@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .checkpoints import StyleCheckpoint
+from .checkpoints import STAGES, StyleCheckpoint
 from .config import Recipe, load_blend_params, load_recipe
 from .data import StyleData, list_styles, load_style
 from .errors import StyleBlendError
 from .loading import load_sd, resolve_model
 from .memory import gpu_used_mb, peak_rss_mb
-
-STAGE_FILES = {"coarse": ("coarse_embeds", "text_encoder_lora"), "fine": ("fine_embeds", "unet_lora")}
 
 
 @dataclass
@@ -66,8 +64,8 @@ def select_styles(data_root: Path, styles: Optional[Sequence[str]]) -> List[str]
 
 def stage_done(ckpt: StyleCheckpoint, stage: str) -> bool:
     """True when every file of ``stage`` exists; an error when only some do (an interrupted write)."""
-    present = [kind for kind in STAGE_FILES[stage] if ckpt.exists(kind)]
-    if present and len(present) < len(STAGE_FILES[stage]):
+    present = [kind for kind in STAGES[stage] if ckpt.exists(kind)]
+    if present and len(present) < len(STAGES[stage]):
         raise StyleBlendError(f"{ckpt.folder}: the {stage} stage is incomplete (only {', '.join(present)}); "
                               f"re-run with --force to train it again")
     return bool(present)
