@@ -123,7 +123,7 @@ def _last_error(log: str, out: Path) -> str:
 
 
 def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
-                  model: Optional[str] = None, echo=print) -> List[ReportRow]:
+                  model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print) -> List[ReportRow]:
     """Run 00→06 for each style; write the report after every notebook so an interruption loses nothing."""
     outputs = Path(outputs).resolve()
     tiny = not model
@@ -134,7 +134,7 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
     done = read_report(outputs / "report.csv")
     rows: Dict[tuple, ReportRow] = dict(done)
     for style in styles:
-        for nb in notebooks():
+        for nb in notebooks(folder):
             key = (style, nb.stem)
             out = outputs / "notebooks" / style / nb.name
             if key in done and done[key].status == "ok" and out.exists():

@@ -1,0 +1,51 @@
+"""The papermill runner behind `make reproduce`: report rows, a failing notebook stops only its style, resume."""
+import csv
+
+import nbformat
+import pytest
+
+from styleblend.notebook_runner import run_notebooks
+
+
+def _notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('style = "x"\nset_name = ""\ndata_root = ""\nresults_root = ""\n'
+                                       'checkpoints_root = ""\noutput_root = ""\nmodel = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def fake_notebooks(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_ok.ipynb", "print('style', style)")
+    _notebook(folder / "01_fails_for_b.ipynb", "assert style != 'b', 'style b is broken'")
+    _notebook(folder / "02_after.ipynb", "print('after')")
+    return folder
+
+
+def test_failure_stops_its_style_only_and_rerun_resumes(tmp_path, fake_notebooks):
+    out = tmp_path / "outputs"
+    lines = []
+    rows = run_notebooks("demo", tmp_path, ["a", "b"], tmp_path / "r", tmp_path / "c", out,
+                         folder=fake_notebooks, echo=lines.append)
+    status = {(r.style, r.notebook): r.status for r in rows}
+    assert status == {("a", "00_ok"): "ok", ("a", "01_fails_for_b"): "ok", ("a", "02_after"): "ok",
+                      ("b", "00_ok"): "ok", ("b", "01_fails_for_b"): "failed"}
+    failed = next(r for r in rows if r.status == "failed")
+    assert "style b is broken" in failed.message
+    assert (out / "notebooks" / "b" / "01_fails_for_b.ipynb").exists(), "the failing executed notebook is kept"
+    assert any("TINY" in line for line in lines), "the tiny-model banner is shown when no model is given"
+    with open(out / "report.csv") as f:
+        report = list(csv.DictReader(f))
+    assert len(report) == 5 and all(float(r["peak_ram_mb"]) > 0 for r in report)
+    assert "TINY" in (out / "report.md").read_text()
+
+    lines.clear()
+    run_notebooks("demo", tmp_path, ["a", "b"], tmp_path / "r", tmp_path / "c", out, folder=fake_notebooks,
+                  echo=lines.append)
+    skipped = [line for line in lines if line.startswith("skip")]
+    assert len(skipped) == 4, "notebooks that were ok are not run again"

@@ -1,0 +1,60 @@
+"""The whole chain on the tiny model (smoke recipe): outputs, resume, no silent overwrite, CLI errors."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from styleblend.cli import main
+from styleblend.reproduce import reproduce
+
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    lines = []
+    summaries = reproduce("demo", DEMO, root / "result", root / "checkpoints", styles=["dots"], smoke=True,
+                          echo=lines.append)
+    return root, summaries, lines
+
+
+def test_chain_writes_images_checkpoints_and_a_summary(run):
+    root, summaries, lines = run
+    images = sorted((root / "result" / "demo" / "dots").glob("*.png"))
+    assert len(images) == 3
+    from PIL import Image
+    assert all(Image.open(p).size == (512, 512) for p in images)
+    ckpt = root / "checkpoints" / "demo" / "dots"
+    for name in ("coarse_embeds", "fine_embeds", "text_encoder_lora", "unet_lora"):
+        assert (ckpt / f"{name}.safetensors").is_file()
+    assert summaries[0].style == "dots" and len(summaries[0].written) >= 7
+    assert any(line.startswith("style dots:") for line in lines)
+    assert any("tiny model" in line for line in lines)
+
+
+def test_rerun_skips_everything_and_keeps_files(run):
+    root, _, _ = run
+    ckpt = root / "checkpoints" / "demo" / "dots" / "unet_lora.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    summary = reproduce("demo", DEMO, root / "result", root / "checkpoints", styles=["dots"], smoke=True,
+                        echo=lambda _: None)[0]
+    assert summary.skipped == ["coarse", "fine"] and summary.written == []
+    assert ckpt.stat().st_mtime_ns == before
+
+
+def test_partial_stage_needs_force(run, tmp_path):
+    root, _, _ = run
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(root / "checkpoints", ckpts)
+    (ckpts / "demo" / "dots" / "unet_lora.safetensors").unlink()
+    with pytest.raises(Exception, match="incomplete.*--force"):
+        reproduce("demo", DEMO, root / "result", ckpts, styles=["dots"], smoke=True, echo=lambda _: None)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["reproduce", "--smoke", "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere" in err[0]
+    assert main(["generate", "--smoke", "--set", "demo", "--data", str(DEMO), "--styles", "zz"]) == 2
+    assert "zz" in capsys.readouterr().err
