@@ -1,4 +1,5 @@
-"""The notebooks' figures: image grids, loss curves, trajectories, contact sheets, the injection map."""
+"""The notebooks' figures: image grids and tables, loss curves, the noise schedule, contact sheets, the injection
+map, score bars; `show` saves a figure as PNG and displays it once in a notebook."""
 from __future__ import annotations
 
 import math
@@ -113,19 +114,18 @@ def contact_sheet(references: Sequence[Image.Image], generated: Sequence[Image.I
         raise ValueError("contact_sheet needs reference and generated images")
     ncols = max(len(references), min(ncols, len(generated)))
     gen_rows = math.ceil(len(generated) / ncols)
-    fig = plt.figure(figsize=(size * ncols, size * (1 + gen_rows) + 0.8))
-    outer = fig.add_gridspec(2, 1, height_ratios=[1, gen_rows], hspace=0.25)
-    for part, images, titles, label in ((0, references, reference_titles, "references"),
-                                        (1, generated, generated_titles, "generated")):
-        cells = outer[part].subgridspec(1 if part == 0 else gen_rows, ncols, wspace=0.05, hspace=0.25)
-        for i, img in enumerate(images):
-            ax = fig.add_subplot(cells[i // ncols, i % ncols])
+    fig, axes = plt.subplots(1 + gen_rows, ncols, figsize=(size * ncols, size * (1 + gen_rows) + 0.4),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for slots, images, titles in ((axes[0], references, reference_titles),
+                                  (axes[1:].flat, generated, generated_titles)):
+        for i, (ax, img) in enumerate(zip(slots, images)):
             ax.imshow(img)
-            ax.axis("off")
             if i < len(titles):
                 ax.set_title(titles[i], fontsize=8)
-            if i == 0:
-                ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, ha="right", va="center")
+    for ax, label in ((axes[0, 0], "references"), (axes[1, 0], "generated")):
+        ax.text(-0.08, 0.5, label, transform=ax.transAxes, rotation=90, ha="right", va="center")
     if title:
         fig.suptitle(title)
     return fig
@@ -171,12 +171,10 @@ def score_bars(scores, columns: Sequence[str], title: str = ""):
 
 def show(fig, path) -> None:
     """Save ``fig`` as PNG at ``path`` and show it once in a notebook (then close it)."""
+    from IPython import get_ipython
+    from IPython.display import display
+
     save(fig, path)
-    try:
-        from IPython import get_ipython
-        from IPython.display import display
-    except ImportError:
-        get_ipython = None
-    if get_ipython is not None and get_ipython() is not None:
+    if get_ipython() is not None:
         display(fig)
     plt.close(fig)

@@ -1,0 +1,228 @@
+"""Small demonstrations the notebooks show: a model summary, the denoising trajectory, an SDEdit strength grid,
+LoRA's parameter count, before/after samples, StyleBlend ablations and parameter sweeps.
+
+They exist for teaching: each calls the package's real functions (sampling, blend, coarse, fine) and returns
+images or numbers for a figure or a table, so the notebooks themselves hold no logic.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+import jittor as jt
+
+from .blend import BlendOutput, blend_sample
+from .coarse import SDEditResult, unet_lora_scale
+from .config import BlendConfig, BlendParams
+from .data import list_styles
+from .errors import DataError
+from .progress import progress
+from .sampling import (MAX_TOKENS, decode_latents, image_to_image, initial_latents, latent_factor, text_to_image,
+                       to_pil)
+
+ABLATIONS = {"csb": "CSB only", "fsb": "FSB only", "q_only": "Q injection only", "kv_only": "KV injection only",
+             "full": "StyleBlend (full)"}
+
+
+def parameter_count(module) -> int:
+    """Number of parameters of a Jittor module."""
+    return int(sum(np.prod(p.shape) for p in module.parameters()))
+
+
+def model_summary(sd) -> str:
+    """A Markdown table of a Stable Diffusion model's parts: parameters and the facts that shape sampling."""
+    te, unet, vae, sched = sd.text_encoder.config, sd.unet.config, sd.vae.config, sd.scheduler.config
+    rows = [
+        ("text encoder (CLIP)", parameter_count(sd.text_encoder),
+         f"{te['num_hidden_layers']} layers, width {te['hidden_size']}, {te['max_position_embeddings']} tokens"),
+        ("UNet", parameter_count(sd.unet),
+         f"channels {unet['block_out_channels']}, {len(sd.unet.transformer_blocks())} transformer blocks, "
+         f"text width {unet['cross_attention_dim']}"),
+        ("VAE", parameter_count(sd.vae),
+         f"image ÷{latent_factor(sd)} per side → {vae['latent_channels']} latent channels, "
+         f"scaling {vae['scaling_factor']}"),
+        ("scheduler (DDIM)", 0,
+         f"{sched['num_train_timesteps']} training steps, {sched['beta_schedule']} betas, "
+         f"predicts {sched['prediction_type']}"),
+    ]
+    lines = ["| part | parameters | what matters |", "|---|---:|---|"]
+    lines += [f"| {name} | {n:,} | {text} |" if n else f"| {name} | — | {text} |" for name, n, text in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Trajectory:
+    """A text-to-image run: the final image and the clean image predicted (x̂₀) at some of its steps."""
+    image: Image.Image
+    frames: List[Image.Image]
+    titles: List[str]
+
+
+def denoising_trajectory(sd, prompt: str, steps: int, seed: int, size: int, negative_prompt: str = "",
+                         guidance: float = 7.5, frames: int = 6) -> Trajectory:
+    """Sample ``prompt`` and decode the predicted x̂₀ at ``frames`` evenly spaced steps (first and last included)."""
+    keep = set(np.linspace(0, steps - 1, min(frames, steps)).round().astype(int).tolist())
+    seen = []
+
+    def record(i, t, latents, x0):
+        if i in keep:
+            seen.append((i, t, x0))
+
+    image = text_to_image(sd, prompt, negative_prompt, steps, guidance, size, size, seed, callback=record)[0]
+    with jt.no_grad():
+        decoded = to_pil(decode_latents(sd, jt.concat([x0 for _, _, x0 in seen])))
+    titles = [f"step {i + 1}/{steps}\nt = {t}" for i, t, _ in seen]
+    return Trajectory(image, decoded, titles)
+
+
+def strength_grid(sd, image: Image.Image, prompt: str, strengths: Sequence[float], steps: int, seed: int,
+                  size: int, negative_prompt: str = "", guidance: float = 7.5) -> List[Image.Image]:
+    """SDEdit of one image at each strength (same noise): low keeps the image, high follows the prompt."""
+    return [image_to_image(sd, [image], prompt, negative_prompt, strength=s, steps=steps, guidance=guidance,
+                           seed=seed, size=size)[0] for s in progress(strengths, desc="strengths")]
+
+
+@dataclass
+class LoRACount:
+    """What a LoRA of rank ``rank`` on the ``targets`` layers adds, next to what it adapts."""
+    layers: int
+    adapted: int   # parameters of the targeted weight matrices
+    lora: int      # parameters of the LoRA matrices A and B
+    model: int     # parameters of the whole model
+
+    def markdown(self) -> str:
+        return ("| layers adapted | their weights | LoRA (A and B) | whole model | LoRA / model |\n"
+                "|---:|---:|---:|---:|---:|\n"
+                f"| {self.layers} | {self.adapted:,} | {self.lora:,} | {self.model:,} | "
+                f"{self.lora / self.model:.3%} |")
+
+
+def lora_parameter_count(model, targets: Sequence[str], rank: int) -> LoRACount:
+    """Count the weights a rank-``rank`` LoRA on the layers named ``targets`` would train (the model is not
+    changed): a ``d_out × d_in`` weight gets ``B`` (``d_out × rank``) and ``A`` (``rank × d_in``)."""
+    shapes = [tuple(m.weight.shape) for name, m in model.named_modules()
+              if any(name == t or name.endswith("." + t) for t in targets)
+              and getattr(m, "weight", None) is not None and len(m.weight.shape) == 2]
+    if not shapes:
+        raise ValueError(f"no weight matrix named any of {list(targets)} in {type(model).__name__}")
+    return LoRACount(len(shapes), sum(o * i for o, i in shapes), sum(rank * (o + i) for o, i in shapes),
+                     parameter_count(model))
+
+
+def samples(sd, prompts: Sequence[str], steps: int, size: int, seed: int, guidance: float = 7.5,
+            negative_prompt: str = "", text_encoder=None, unet_lora: Optional[float] = None) -> List[Image.Image]:
+    """One image per prompt from the same seed, optionally through another ``text_encoder`` (e.g. the coarse
+    one) and with the UNet LoRA at multiplier ``unet_lora`` (0 = switched off)."""
+    model = sd if text_encoder is None else replace(sd, text_encoder=text_encoder)
+    with unet_lora_scale(sd.unet, unet_lora) if unet_lora is not None else nullcontext():
+        return text_to_image(model, list(prompts), negative_prompt, steps, guidance, size, size, seed)
+
+
+def sdedit_table(result: SDEditResult) -> Tuple[List[List[Image.Image]], List[str], List[Tuple[int, int]]]:
+    """Rows of SDEdit candidates per caption, the captions, and the (row, column) of each kept candidate
+    (found by comparing pixels with the saved files). Captions whose files were reused show the kept files."""
+    rows, marked = [], []
+    for r, (caption, files) in enumerate(result.kept.items()):
+        kept = read_images(files)
+        candidates = result.candidates.get(caption)
+        if not candidates:
+            rows.append(kept)
+            marked += [(r, c) for c in range(len(kept))]
+            continue
+        rows.append(candidates)
+        kept_pixels = [np.asarray(k) for k in kept]
+        marked += [(r, c) for c, cand in enumerate(candidates)
+                   if any(np.array_equal(np.asarray(cand), k) for k in kept_pixels)]
+    return rows, list(result.kept), marked
+
+
+def ablation_panel(sd, coarse_text_encoder, prompt: str, params: BlendParams, cfg: BlendConfig, seed: int,
+                   modes: Sequence[str] = tuple(ABLATIONS), **tokens) -> Dict[str, BlendOutput]:
+    """Both branches' images of ``prompt`` under each StyleBlend ``mode`` (same seed), keyed by a readable name."""
+    return {ABLATIONS.get(mode, mode): blend_sample(sd, coarse_text_encoder, prompt, params, cfg, seed, mode=mode,
+                                                     **tokens)
+            for mode in progress(modes, desc="ablations")}
+
+
+def vary(params: BlendParams, name: str, values: Sequence) -> Dict[str, BlendParams]:
+    """Copies of ``params`` with field ``name`` set to each of ``values``, keyed ``"name = value"``."""
+    return {f"{name} = {value}": replace(params, **{name: value}) for value in values}
+
+
+def parameter_sweep(sd, coarse_text_encoder, prompt: str, variants: Dict[str, BlendParams], cfg: BlendConfig,
+                    seed: int, **tokens) -> Dict[str, Image.Image]:
+    """The full StyleBlend image of ``prompt`` for each named parameter set (same seed)."""
+    return {name: blend_sample(sd, coarse_text_encoder, prompt, params, cfg, seed, **tokens).image
+            for name, params in progress(variants.items(), desc="sweep")}
+
+
+def self_attention_layers(sd, resolution: int) -> str:
+    """A Markdown table of the UNet's self-attention layers (StyleBlend's numbering): where each sits, its
+    feature-map size at ``resolution`` and its width, measured by one UNet pass."""
+    blocks = sd.unet.transformer_blocks()
+    shapes = {}
+    before = [block.attn1.hook for block in blocks]
+
+    def recorder(layer):
+        def hook(attn, q, k, v):
+            shapes[layer] = tuple(q.shape[1:])
+            return q, k, v
+        return hook
+
+    factor = latent_factor(sd)
+    latents = initial_latents(0, 1, resolution, resolution, sd.unet.config["in_channels"], factor)
+    context = jt.zeros((1, MAX_TOKENS, sd.unet.config["cross_attention_dim"]))
+    try:
+        for layer, block in enumerate(blocks):
+            block.attn1.hook = recorder(layer)
+        with jt.no_grad():
+            sd.unet(latents, 500, context).sync()
+    finally:
+        for block, hook in zip(blocks, before):
+            block.attn1.hook = hook
+    down = _count_blocks(sd.unet.down_blocks)
+    mid = _count_blocks([sd.unet.mid_block])
+    lines = ["| layer | where | feature map | channels |", "|---:|---|---|---:|"]
+    for layer, (tokens, width) in sorted(shapes.items()):
+        where = "down" if layer < down else "mid" if layer < down + mid else "up"
+        side = int(round(tokens ** 0.5))
+        lines.append(f"| {layer} | {where} | {side}×{side} | {width} |")
+    return "\n".join(lines)
+
+
+def style_id(data_root, style) -> str:
+    """``style`` as its folder name. ``papermill -p style 05`` passes the number 5: it is mapped back to the
+    one style folder of ``data_root`` whose name is that number (``05``)."""
+    if isinstance(style, str):
+        return style
+    matches = [name for name in list_styles(data_root) if name.isdigit() and int(name) == style]
+    if len(matches) != 1:
+        raise DataError(f"{data_root}: style {style!r} matches {len(matches)} style folders {matches}; "
+                        f"pass the folder name as text (papermill -r style 05)")
+    return matches[0]
+
+
+def styles_with_results(results_root, set_name: str, data_root) -> List[str]:
+    """The styles of ``data_root`` that have a folder of generated images under ``results_root/set_name``."""
+    return [s for s in list_styles(data_root) if (Path(results_root) / set_name / s).is_dir()]
+
+
+def read_images(paths: Sequence) -> List[Image.Image]:
+    """RGB images from files (e.g. the SDEdit images kept for training, or generated results)."""
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing, unreadable or truncated files
+            raise DataError(f"{path}: not a readable image ({exc})") from exc
+    return images
+
+
+def _count_blocks(holders) -> int:
+    return sum(len(t.transformer_blocks) for h in holders if h.attentions is not None for t in h.attentions)
