@@ -14,7 +14,7 @@ OUTPUTS ?= outputs
 GPUS ?=
 export STYLEBLEND_QUIET ?= 1
 
-.PHONY: help setup test demo reproduce lab data gpu-setup bench clean-outputs
+.PHONY: help setup test demo reproduce reproduce-merge reproduce-list lab data gpu-setup bench clean-outputs
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -33,10 +33,26 @@ test: $(STAMP)  ## pytest (unit, parity, method) and nbval over every notebook i
 demo: $(STAMP)  ## the whole chain, every notebook, on the embedded tiny model and the committed demo styles
 	$(MAKE) reproduce SET=demo
 
-reproduce: $(STAMP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes)
-	$(PY) -m styleblend.cli notebooks --set $(SET) --data $(DATA) --results $(RESULTS) \
-	  --checkpoints $(CHECKPOINTS) --outputs $(OUTPUTS) $(if $(STYLES),--styles "$(STYLES)") \
-	  $(if $(MODEL),--model $(MODEL)) $(if $(GPUS),--gpus $(GPUS))
+# reproduce = one job per style (reproduce-style-<id>), then one merged report. `make -jN reproduce GPUS=0,1,..`
+# runs N styles at once, each holding one free GPU of GPUS; -k: a failed style does not stop the others, and the
+# merge (which fails when a style did not finish) always runs. Slurm runs the same targets (scripts/slurm/).
+SELECT = --set $(SET) --data $(DATA) $(if $(STYLES),--styles "$(STYLES)")
+REPORT = --outputs $(OUTPUTS) $(if $(MODEL),--model $(MODEL))
+
+reproduce: $(STAMP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; -jN GPUS=0,1,.. = N styles at once)
+	@styles=$$($(PY) -m styleblend.cli styles $(SELECT)) && \
+	  { $(MAKE) -k --no-print-directory $$(printf 'reproduce-style-%s ' $$styles); \
+	    $(MAKE) --no-print-directory reproduce-merge; }
+
+reproduce-style-%:
+	$(PY) -m styleblend.cli notebooks --set $(SET) --data $(DATA) --results $(RESULTS) --checkpoints $(CHECKPOINTS) \
+	  $(REPORT) --styles $* --no-merge $(if $(GPUS),--gpus $(GPUS))
+
+reproduce-merge:  ## join outputs/reports/<style>.csv into outputs/report.md + .csv (after a Slurm run)
+	$(PY) -m styleblend.cli merge-reports $(SELECT) $(REPORT)
+
+reproduce-list:  ## print the style ids of SET/STYLES in run order (Slurm array task i runs the i-th)
+	@$(PY) -m styleblend.cli styles $(SELECT)
 
 lab: $(STAMP)  ## JupyterLab on the notebooks
 	$(VENV)/bin/jupyter lab notebooks

@@ -23,10 +23,14 @@ def _styles(text: Optional[str]) -> Optional[List[str]]:
     return [s for s in text.replace(",", " ").split() if s]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set_name", default="B", help="set name: results go to RESULTS/SET/STYLE (default B)")
     p.add_argument("--styles", default=None, help="style ids, e.g. 00,05 (default: every style found in --data)")
     p.add_argument("--data", default=None, help="folder holding <style>/images and <style>/prompt.json (default data/SET)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _selection(p)
     p.add_argument("--results", default="result", help="images go to RESULTS/SET/STYLE/<Prompt>.png")
     p.add_argument("--checkpoints", default="checkpoints", help="learned files go to CHECKPOINTS/SET/STYLE/")
     p.add_argument("--model", default=None, help="SD 2.1 folder or hub id (default: the embedded tiny model)")
@@ -55,7 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill (make reproduce)")
     _common(nb)
     nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
-    nb.add_argument("--gpus", default=None, help="reserved for multi-GPU runs (one style per GPU)")
+    nb.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3: each style holds a free one and its "
+                    "processes see only it (CUDA_VISIBLE_DEVICES); default: nothing pinned")
+    nb.add_argument("--no-merge", action="store_true", help="write only OUTPUTS/reports/<style>.csv (parallel jobs; "
+                    "merge-reports joins them)")
+    st = sub.add_parser("styles", help="print the selected style ids in run order (make reproduce, Slurm array tasks)")
+    _selection(st)
+    mr = sub.add_parser("merge-reports", help="join OUTPUTS/reports/<style>.csv into OUTPUTS/report.md and report.csv")
+    _selection(mr)
+    mr.add_argument("--outputs", default="outputs", help="where the per-style reports are")
+    mr.add_argument("--model", default=None, help="the model the styles ran with (the report's header)")
     data = sub.add_parser("data", help="lay out downloaded style images into DATA/<style>/images")
     data.add_argument("--from", dest="source", required=True)
     data.add_argument("--data", required=True)
@@ -76,7 +89,7 @@ def _data_root(args) -> Path:
 def _run_stage(args) -> None:
     from . import reproduce as rp
     from .config import load_recipe
-    from .data import load_style
+    from .data import load_style, select_styles
     from .loading import load_sd, resolve_model
 
     paths = rp.SetPaths(args.set_name, _data_root(args), Path(args.results), Path(args.checkpoints))
@@ -84,7 +97,7 @@ def _run_stage(args) -> None:
         rp.reproduce(args.set_name, paths.data_root, paths.results_root, paths.checkpoints_root,
                      _styles(args.styles), args.model, args.config, args.seed, args.force, args.smoke)
         return
-    styles = rp.select_styles(paths.data_root, _styles(args.styles))
+    styles = select_styles(paths.data_root, _styles(args.styles))
     recipe = load_recipe(args.config, smoke=args.smoke)
     sd = load_sd(resolve_model(args.model))
     for style in styles:
@@ -112,14 +125,31 @@ def _evaluate(args) -> None:
 
 
 def _notebooks(args) -> None:
-    from .notebook_runner import run_notebooks
-    from .reproduce import select_styles
+    from .gpus import parse_gpus
+    from .notebook_runner import run_notebooks, unfinished
+    from .data import select_styles
 
+    gpus = parse_gpus(args.gpus)
     styles = select_styles(_data_root(args), _styles(args.styles))
     rows = run_notebooks(args.set_name, _data_root(args), styles, args.results, args.checkpoints, args.outputs,
-                         model=args.model)
-    if any(r.status != "ok" for r in rows):
-        raise StyleBlendError(f"some notebooks failed: see {Path(args.outputs) / 'report.md'}")
+                         model=args.model, gpus=gpus, merge=not args.no_merge)
+    failed = unfinished(rows, styles)
+    if failed:
+        report = Path(args.outputs) / ("reports" if args.no_merge else "report.md")
+        raise StyleBlendError(f"style(s) {', '.join(failed)} did not finish: see {report}")
+
+
+def _merge_reports(args) -> None:
+    from .notebook_runner import merge_reports, report_header, unfinished
+    from .data import select_styles
+
+    styles = select_styles(_data_root(args), _styles(args.styles))
+    rows = merge_reports(args.outputs, report_header(args.model))
+    report = Path(args.outputs) / "report.md"
+    failed = unfinished(rows, styles)
+    if failed:
+        raise StyleBlendError(f"style(s) {', '.join(failed)} did not finish (failed or not run): see {report}")
+    print(f"report: {report} ({len(styles)} styles, every notebook ok)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -131,6 +161,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             _evaluate(args)
         elif args.command == "notebooks":
             _notebooks(args)
+        elif args.command == "styles":
+            from .data import select_styles
+            print(" ".join(select_styles(_data_root(args), _styles(args.styles))))
+        elif args.command == "merge-reports":
+            _merge_reports(args)
         elif args.command == "data":
             from .data import import_images
             done = import_images(Path(args.source), Path(args.data))

@@ -3,6 +3,10 @@
 Each notebook runs in its own papermill process; the report records its time, the peak memory of its process
 tree (kernel included) and its status. A failing notebook stops that style (its executed copy is kept, with
 the error in it), other styles go on, and a re-run skips what the report already lists as ``ok``.
+
+Each style has its own report, ``outputs/reports/<style>.csv``, so styles run in parallel (``make -jN``, Slurm
+array tasks) never write the same file; :func:`merge_reports` joins them into ``outputs/report.md`` + ``.csv``.
+With GPUs given, each style holds one free GPU (:mod:`styleblend.gpus`) and its processes see only that one.
 """
 from __future__ import annotations
 
@@ -14,13 +18,16 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import psutil
 
+from .gpus import claim_gpu, gpu_env
+from .io import write_atomic
 from .memory import gpu_used_mb
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
 REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
 TINY_MODEL_BANNER = ("!! No MODEL given: running the embedded TINY model with RANDOM weights at smoke sizes.\n"
                      "!! The images prove the pipeline runs; they are not from a trained Stable Diffusion.")
@@ -45,8 +52,8 @@ def notebooks(folder: Path = NOTEBOOK_DIR) -> List[Path]:
 class PeakMemory:
     """Samples the RAM of a process tree (and the GPU's used memory) until stopped; keeps the peaks."""
 
-    def __init__(self, pid: int, every: float = 0.5):
-        self.pid, self.every = pid, every
+    def __init__(self, pid: int, gpu: Optional[str] = None, every: float = 0.5):
+        self.pid, self.gpu, self.every = pid, gpu, every
         self.ram_mb, self.gpu_mb = 0.0, None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -60,7 +67,7 @@ class PeakMemory:
                 self.ram_mb = max(self.ram_mb, rss / 2**20)
             except psutil.Error:
                 pass
-            gpu = gpu_used_mb()
+            gpu = gpu_used_mb(self.gpu)
             if gpu is not None:
                 self.gpu_mb = max(self.gpu_mb or 0.0, gpu)
             self._stop.wait(self.every)
@@ -74,6 +81,16 @@ class PeakMemory:
         self._thread.join()
 
 
+def report_header(model: Optional[str]) -> str:
+    """The report's first lines: the tiny-model warning, or the model used."""
+    return f"Model: {model}" if model else TINY_MODEL_BANNER
+
+
+def style_report(outputs, style: str) -> Path:
+    """One style's own report, written only by the job running that style."""
+    return Path(outputs) / "reports" / f"{style}.csv"
+
+
 def read_report(path: Path) -> Dict[tuple, ReportRow]:
     """Rows of an earlier run's report by (style, notebook); empty when there is none."""
     if not path.exists():
@@ -83,20 +100,42 @@ def read_report(path: Path) -> Dict[tuple, ReportRow]:
     return {(r.style, r.notebook): r for r in rows}
 
 
+def _write_csv(rows: Iterable[ReportRow], path: Path) -> None:
+    def write(tmp: Path):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=REPORT_FIELDS)
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+
+    write_atomic(path, write, overwrite=True)
+
+
 def write_report(rows: Sequence[ReportRow], outputs: Path, header: str) -> None:
     """``outputs/report.csv`` and ``outputs/report.md``."""
-    outputs.mkdir(parents=True, exist_ok=True)
-    with open(outputs / "report.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=REPORT_FIELDS)
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
+    _write_csv(rows, outputs / "report.csv")
     lines = [f"# Run report\n\n{header}\n", "| notebook | style | seconds | peak RAM (MiB) | peak GPU (MiB) | status |",
              "|---|---|---:|---:|---:|---|"]
     for r in rows:
         gpu = "" if r.peak_gpu_mb in (None, "") else f"{float(r.peak_gpu_mb):.0f}"
         status = r.status if not r.message else f"{r.status}: {r.message}"
         lines.append(f"| {r.notebook} | {r.style} | {float(r.seconds):.1f} | {float(r.peak_ram_mb):.0f} | {gpu} | {status} |")
-    (outputs / "report.md").write_text("\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    write_atomic(outputs / "report.md", lambda tmp: tmp.write_text(text), overwrite=True)
+
+
+def merge_reports(outputs, header: str) -> List[ReportRow]:
+    """Join every per-style report (``outputs/reports/*.csv``) into ``outputs/report.md`` + ``.csv``; all rows."""
+    outputs = Path(outputs)
+    paths = sorted((outputs / "reports").glob("[!.]*.csv"))  # not a writer's hidden temporary file
+    rows = [row for path in paths for row in read_report(path).values()]
+    write_report(rows, outputs, header)
+    return rows
+
+
+def unfinished(rows: Iterable[ReportRow], styles: Sequence[str], folder: Path = NOTEBOOK_DIR) -> List[str]:
+    """The styles of ``styles`` that lack an ``ok`` row for some notebook (failed, stopped or never run)."""
+    ok = {(r.style, r.notebook) for r in rows if r.status == "ok"}
+    return [s for s in styles if any((s, nb.stem) not in ok for nb in notebooks(folder))]
 
 
 def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[str, str]) -> ReportRow:
@@ -105,10 +144,10 @@ def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(notebook.parent),
            "--no-progress-bar", "--log-level", "WARNING"]
     for key, value in parameters.items():
-        cmd += ["-p", key, str(value)]
+        cmd += ["-r", key, str(value)]  # -r: raw strings (with -p, papermill would turn style "05" into 5)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with PeakMemory(proc.pid) as peak:
+    with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
         log, _ = proc.communicate()
     status = "ok" if proc.returncode == 0 else "failed"
     message = "" if status == "ok" else _last_error(log, out)
@@ -123,33 +162,45 @@ def _last_error(log: str, out: Path) -> str:
 
 
 def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
-                  model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print) -> List[ReportRow]:
-    """Run 00→06 for each style; write the report after every notebook so an interruption loses nothing."""
+                  model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print, gpus: Sequence[str] = (),
+                  merge: bool = True) -> List[ReportRow]:
+    """Run 00→06 for each style, on a free GPU of ``gpus`` if any; returns these styles' rows.
+
+    A style's report is rewritten after every notebook, so an interruption loses nothing; ``merge`` rewrites the
+    joined report each time too (parallel jobs leave that to one :func:`merge_reports` at the end).
+    """
     outputs = Path(outputs).resolve()
     tiny = not model
     env = dict(os.environ, STYLEBLEND_QUIET="1", **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
-    header = TINY_MODEL_BANNER if tiny else f"Model: {model}"
     if tiny:
         echo(TINY_MODEL_BANNER)
-    done = read_report(outputs / "report.csv")
-    rows: Dict[tuple, ReportRow] = dict(done)
+    params = {"set_name": set_name, "data_root": Path(data_root).resolve(), "results_root": Path(results_root).resolve(),
+              "checkpoints_root": Path(checkpoints_root).resolve(), "output_root": outputs, "model": model or ""}
+    all_rows: List[ReportRow] = []
     for style in styles:
+        report = style_report(outputs, style)
+        rows = read_report(report)
+        todo = []
         for nb in notebooks(folder):
-            key = (style, nb.stem)
-            out = outputs / "notebooks" / style / nb.name
-            if key in done and done[key].status == "ok" and out.exists():
+            done = rows.get((style, nb.stem))
+            if done is not None and done.status == "ok" and (outputs / "notebooks" / style / nb.name).exists():
                 echo(f"skip  {style} {nb.stem} (ok in the last report)")
-                continue
-            params = {"style": style, "set_name": set_name, "data_root": Path(data_root).resolve(),
-                      "results_root": Path(results_root).resolve(), "checkpoints_root": Path(checkpoints_root).resolve(),
-                      "output_root": outputs, "model": model or ""}
-            row = run_one(nb, out, params, env)
-            rows[key] = row
-            write_report(list(rows.values()), outputs, header)
-            echo(f"{row.status:5s} {style} {nb.stem}: {row.seconds:.1f} s, peak RAM {row.peak_ram_mb:.0f} MiB"
-                 + (f" — {row.message}" if row.message else ""))
-            if row.status != "ok":
-                echo(f"style {style} stopped at {nb.stem}; the other styles continue")
-                break
-    echo(f"report: {outputs / 'report.md'}")
-    return list(rows.values())
+            else:
+                todo.append(nb)
+        with claim_gpu(gpus if todo else (), outputs / GPU_LOCKS, echo=echo) as gpu:  # a finished style needs none
+            if gpu is not None:
+                echo(f"style {style} on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})")
+            for nb in todo:
+                row = run_one(nb, outputs / "notebooks" / style / nb.name, dict(params, style=style), gpu_env(env, gpu))
+                rows[(style, nb.stem)] = row
+                _write_csv(rows.values(), report)
+                if merge:
+                    merge_reports(outputs, report_header(model))
+                echo(f"{row.status:5s} {style} {nb.stem}: {row.seconds:.1f} s, peak RAM {row.peak_ram_mb:.0f} MiB"
+                     + (f" — {row.message}" if row.message else ""))
+                if row.status != "ok":
+                    echo(f"style {style} stopped at {nb.stem}; the other styles continue")
+                    break
+        all_rows += rows.values()
+    echo(f"report: {outputs / 'report.md' if merge else outputs / 'reports'}")
+    return all_rows

@@ -1,4 +1,5 @@
-"""The papermill runner behind `make reproduce`: report rows, a failing notebook stops only its style, resume."""
+"""The papermill runner behind `make reproduce`: report rows (per style and merged), a failing notebook stops only
+its style, resume."""
 import csv
 
 import nbformat
@@ -43,6 +44,9 @@ def test_failure_stops_its_style_only_and_rerun_resumes(tmp_path, fake_notebooks
         report = list(csv.DictReader(f))
     assert len(report) == 5 and all(float(r["peak_ram_mb"]) > 0 for r in report)
     assert "TINY" in (out / "report.md").read_text()
+    for style, count in (("a", 3), ("b", 2)):
+        with open(out / "reports" / f"{style}.csv") as f:
+            assert [r["style"] for r in csv.DictReader(f)] == [style] * count, "each style has its own report"
 
     lines.clear()
     run_notebooks("demo", tmp_path, ["a", "b"], tmp_path / "r", tmp_path / "c", out, folder=fake_notebooks,
