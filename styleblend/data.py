@@ -13,7 +13,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 from PIL import Image
 
@@ -156,3 +156,16 @@ def _read_image(path: Path, notes: List[str]) -> Image.Image:
 def _check_prompt(prompt: str, where: str) -> None:
     if not prompt.strip() or prompt.strip(".") == "" or any(c in prompt for c in "/\\\0"):
         raise DataError(f"{where}: {prompt!r} cannot name a result file (empty, '.', '/', '\\' or NUL)")
+
+
+def select_styles(data_root: Path, styles: Optional[Sequence[str]]) -> List[str]:
+    """The styles to run: all found in ``data_root`` by default; unknown ids are an error naming the folder."""
+    found = list_styles(data_root)
+    if not styles:
+        if not found:
+            raise DataError(f"no style folders (<style>/images) found in {data_root}")
+        return found
+    missing = [s for s in styles if s not in found]
+    if missing:
+        raise DataError(f"style(s) {', '.join(missing)} not found in {data_root} (found: {', '.join(found)})")
+    return list(styles)

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from .checkpoints import STAGES, StyleCheckpoint
 from .config import Recipe, load_blend_params, load_recipe
-from .data import StyleData, list_styles, load_style
+from .data import StyleData, load_style, select_styles
 from .errors import StyleBlendError
 from .loading import load_sd, resolve_model
 from .memory import gpu_used_mb, peak_rss_mb
@@ -47,19 +47,6 @@ class StyleSummary:
         skipped = f", skipped {'/'.join(self.skipped)} (done)" if self.skipped else ""
         return (f"style {self.style}: {self.seconds:.1f} s, peak RAM {self.peak_mb:.0f} MiB{gpu}, "
                 f"{len(self.written)} files written{skipped}")
-
-
-def select_styles(data_root: Path, styles: Optional[Sequence[str]]) -> List[str]:
-    """The styles to run: all found in ``data_root`` by default; unknown ids are an error naming the folder."""
-    found = list_styles(data_root)
-    if not styles:
-        if not found:
-            raise StyleBlendError(f"no style folders (<style>/images) found in {data_root}")
-        return found
-    missing = [s for s in styles if s not in found]
-    if missing:
-        raise StyleBlendError(f"style(s) {', '.join(missing)} not found in {data_root} (found: {', '.join(found)})")
-    return list(styles)
 
 
 def stage_done(ckpt: StyleCheckpoint, stage: str) -> bool:
