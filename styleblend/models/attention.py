@@ -13,6 +13,8 @@ from typing import Callable, Optional, Tuple
 import jittor as jt
 from jittor import nn
 
+from . import fused_attention
+
 # hook(attn, q, k, v) -> (q, k, v); shapes [batch, tokens, heads * head_dim]
 AttentionHook = Callable[["Attention", jt.Var, jt.Var, jt.Var], Tuple[jt.Var, jt.Var, jt.Var]]
 
@@ -34,8 +36,11 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, upcast: bool =
     """softmax(q kᵀ / sqrt(d) + mask) v over [B, H, N, D] inputs; softmax always in float32.
 
     ``mask`` (optional, float32) is added to the scores, e.g. a large negative number above the diagonal
-    for CLIP's causal attention.
+    for CLIP's causal attention. On CUDA, for inference without a mask, the fused kernel runs instead
+    (``fused_attention.supported`` is the rule; its scores are float32 either way, as ``upcast`` asks).
     """
+    if fused_attention.supported(q, k, v, mask):
+        return fused_attention.fused_attention(q, k, v)
     dtype = q.dtype
     if upcast:
         q, k = q.float32(), k.float32()
