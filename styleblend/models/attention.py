@@ -14,6 +14,7 @@ import jittor as jt
 from jittor import nn
 
 from . import fused_attention
+from .ops import permute
 
 # hook(attn, q, k, v) -> (q, k, v); shapes [batch, tokens, heads * head_dim]
 AttentionHook = Callable[["Attention", jt.Var, jt.Var, jt.Var], Tuple[jt.Var, jt.Var, jt.Var]]
@@ -44,7 +45,7 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, upcast: bool =
     dtype = q.dtype
     if upcast:
         q, k = q.float32(), k.float32()
-    scores = (jt.matmul(q, k.transpose(0, 1, 3, 2)) * (q.shape[-1] ** -0.5)).float32()
+    scores = (jt.matmul(q, permute(k, (0, 1, 3, 2))) * (q.shape[-1] ** -0.5)).float32()
     if mask is not None:
         scores = scores + mask
     probs = nn.softmax(scores, dim=-1)

@@ -10,6 +10,7 @@ import jittor as jt
 from jittor import nn
 
 from .attention import Attention
+from .ops import permute
 from .resnet import GroupNorm
 
 
@@ -100,14 +101,14 @@ class Transformer2DModel(nn.Module):
         tokens = self.norm(x)
         if not self.use_linear_projection:
             tokens = self.proj_in(tokens)
-        tokens = tokens.permute(0, 2, 3, 1).reshape(b, h * w, tokens.shape[1])
+        tokens = permute(tokens, (0, 2, 3, 1)).reshape(b, h * w, tokens.shape[1])
         if self.use_linear_projection:
             tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
         if self.use_linear_projection:
             tokens = self.proj_out(tokens)
-        tokens = tokens.reshape(b, h, w, tokens.shape[-1]).permute(0, 3, 1, 2)
+        tokens = permute(tokens.reshape(b, h, w, tokens.shape[-1]), (0, 3, 1, 2))
         if not self.use_linear_projection:
             tokens = self.proj_out(tokens)
         return tokens + x

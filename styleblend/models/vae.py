@@ -14,6 +14,7 @@ from jittor import nn
 
 from ..errors import ConfigError
 from .attention import Attention
+from .ops import permute
 from .config_check import resolve_config
 from .resnet import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D
 
@@ -103,9 +104,9 @@ class SpatialSelfAttention(Attention):
 
     def execute(self, x: jt.Var) -> jt.Var:
         b, c, h, w = x.shape
-        tokens = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)
+        tokens = permute(self.group_norm(x).reshape(b, c, h * w), (0, 2, 1))
         out = super().execute(tokens)
-        return x + out.transpose(0, 2, 1).reshape(b, c, h, w)
+        return x + permute(out, (0, 2, 1)).reshape(b, c, h, w)
 
 
 class MidBlock(nn.Module):
