@@ -23,8 +23,10 @@ MAKE_VARS = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SET", "DATA", "STYLES", "GPUS"
 
 
 def _env(**extra):
-    """This environment without a calling make's flags or any run settings, plus ``extra``."""
-    return dict({k: v for k, v in os.environ.items() if k not in MAKE_VARS}, **extra)
+    """This environment without a calling make's flags or any run settings, plus ``extra``; make's Python is
+    the one running the tests (``VENV``), wherever its virtual environment lives."""
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARS}
+    return dict(env, VENV=sys.prefix, **extra)
 
 
 def _commands(text):
