@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from styleblend.runtime import start
 jt = start(0)
 from styleblend.models import fused_attention as fa  # noqa: E402
 from styleblend.models.attention import scaled_dot_product_attention  # noqa: E402
-from unet_step import gpu_name  # noqa: E402  (bench/ is the script's folder)
+from unet_step import gpu_name, timed_ms  # noqa: E402  (bench/ is the script's folder)
 
 CHECKS = [(2, 3, 100, 77, 64), (1, 2, 200, 130, 40), (1, 2, 65, 300, 80), (1, 1, 33, 129, 128), (1, 1, 1, 1, 64)]
 SD21 = [(4, 5, 9216, 9216, 64), (4, 10, 2304, 2304, 64), (4, 20, 576, 576, 64), (4, 5, 9216, 77, 64)]
@@ -32,17 +31,6 @@ def naive(q, k, v):
         return scaled_dot_product_attention(q, k, v)
     finally:
         fa.enabled = True
-
-
-def timed_ms(fn, n=10):
-    for _ in range(2):
-        fn().sync()
-    jt.sync_all(True)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn().sync()
-    jt.sync_all(True)
-    return round((time.perf_counter() - t0) * 1000 / n, 3)
 
 
 def rel_err(x, ref):

@@ -1,7 +1,6 @@
 """Where does a Jittor UNet step go? Times one conv, one attention and one GroupNorm at SD 2.1's 768² sizes,
 and says whether Jittor found cuDNN / cuBLAS (run on the GPU machine with STYLEBLEND_DEVICE=cuda)."""
 import json
-import time
 
 import numpy as np
 
@@ -12,17 +11,7 @@ from jittor import compile_extern, nn  # noqa: E402
 
 from styleblend.models.attention import scaled_dot_product_attention  # noqa: E402
 from styleblend.models.resnet import GroupNorm  # noqa: E402
-
-
-def timed(fn, n=5):
-    for _ in range(2):
-        fn().sync()
-    jt.sync_all(True)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn().sync()
-    jt.sync_all(True)
-    return round((time.perf_counter() - t0) * 1000 / n, 2)
+from unet_step import timed_ms  # noqa: E402  (bench/ is the script's folder)
 
 
 out = {"cudnn": compile_extern.cudnn is not None, "cublas": compile_extern.cublas is not None}
@@ -31,14 +20,14 @@ for dtype in ("float32", "float16"):
     if dtype == "float16":
         conv.float16()
     x = jt.array(np.random.randn(4, 320, 96, 96).astype(dtype))
-    out[f"conv320_96_{dtype}_ms"] = timed(lambda: conv(x))
+    out[f"conv320_96_{dtype}_ms"] = timed_ms(lambda: conv(x))
     q = jt.array(np.random.randn(4, 5, 9216, 64).astype(dtype))
-    out[f"attn_9216_{dtype}_ms"] = timed(lambda: scaled_dot_product_attention(q, q, q))
+    out[f"attn_9216_{dtype}_ms"] = timed_ms(lambda: scaled_dot_product_attention(q, q, q))
     gn = GroupNorm(32, 320)
-    out[f"groupnorm_{dtype}_ms"] = timed(lambda: gn(x))
+    out[f"groupnorm_{dtype}_ms"] = timed_ms(lambda: gn(x))
     lin = nn.Linear(320, 320)
     if dtype == "float16":
         lin.float16()
     h = jt.array(np.random.randn(4, 9216, 320).astype(dtype))
-    out[f"linear_{dtype}_ms"] = timed(lambda: lin(h))
+    out[f"linear_{dtype}_ms"] = timed_ms(lambda: lin(h))
 print(json.dumps(out))

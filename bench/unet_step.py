@@ -24,6 +24,20 @@ def gpu_name() -> str:
                           text=True).stdout.strip().splitlines()[0]
 
 
+def timed_ms(fn, n=10):
+    """Mean milliseconds of ``fn()`` (a Jittor op) over ``n`` calls after 2 warm-ups, synchronised."""
+    import jittor as jt
+
+    for _ in range(2):
+        fn().sync()
+    jt.sync_all(True)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn().sync()
+    jt.sync_all(True)
+    return round((time.perf_counter() - t0) * 1000 / n, 3)
+
+
 class GpuPeak:
     """Peak of nvidia-smi's used memory while the block runs (includes the framework's cache)."""
 
