@@ -1,0 +1,73 @@
+"""Training step times at the recipe's 768² (batch 1) for the three trainings, and the minutes one style costs:
+textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
+UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
+
+    STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
+Prints one JSON line (random weights: timings valid).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from unet_step import GpuPeak, gpu_name
+
+from styleblend.runtime import start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="/tmp/sd21-random")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float32")
+    p.add_argument("--steps", type=int, default=4)
+    a = p.parse_args()
+    jt = start(0)
+    from styleblend.coarse import denoising_loss, fit
+    from styleblend.config import load_recipe
+    from styleblend.loading import load_sd, write_random_sd
+    from styleblend.models.lora import add_lora, lora_parameters
+    from styleblend.sampling import encode_prompt
+    from styleblend.tokens import add_token
+
+    if not Path(a.model).exists():
+        write_random_sd(a.model, dtype="float16")
+    recipe = load_recipe()
+    sd = load_sd(a.model, dtype=a.dtype)
+    add_token(sd.tokenizer, sd.text_encoder, recipe.fine.token, recipe.fine.init_token)
+    rng = np.random.default_rng(0)
+    size = recipe.fine.resolution // 8
+    latents = jt.array(rng.standard_normal((1, 4, size, size), dtype=np.float32)).cast(a.dtype)
+    prompt = [recipe.fine.prompt_template.format(caption="apple", token=recipe.fine.token)]
+    te_lora = sd.text_encoder.clone()
+    add_lora(te_lora, recipe.coarse.lora_targets, recipe.coarse.lora_rank, recipe.coarse.lora_alpha)
+    with jt.no_grad():
+        context = encode_prompt(sd, prompt)
+    add_lora(sd.unet, recipe.fine.lora_targets, recipe.fine.lora_rank, recipe.fine.lora_alpha)
+    jobs = {
+        "textual_inversion": ([sd.text_encoder.token_embedding_weight],
+                              lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt), rng)),
+        "unet_lora": (lora_parameters(sd.unet), lambda s: denoising_loss(sd, latents, context, rng)),
+        "text_encoder_lora": (lora_parameters(te_lora),
+                              lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt, te_lora), rng)),
+    }
+    result = {"dtype": a.dtype, "resolution": recipe.fine.resolution, "device": gpu_name()}
+    with GpuPeak() as peak:
+        for name, (params, loss_fn) in jobs.items():
+            fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up")
+            jt.sync_all(True)
+            t0 = time.perf_counter()
+            fit(params, loss_fn, a.steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, name)
+            jt.sync_all(True)
+            result[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000 / a.steps, 1)
+    steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
+             "text_encoder_lora": recipe.coarse.steps}
+    result["training_minutes"] = round(sum(result[f"{k}_ms"] * n for k, n in steps.items()) / 60000, 1)
+    result["peak_gpu_mb"] = peak.peak
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
