@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+from styleblend.memory import gpu_used_mb
+
 CONFIG = Path(__file__).resolve().parents[1] / "styleblend" / "configs" / "sd21" / "unet" / "config.json"
 
 
@@ -49,10 +51,9 @@ class GpuPeak:
 
     def _run(self):
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout.split()
-            if out:
-                self.peak = max(self.peak, float(out[0]))
+            used = gpu_used_mb()
+            if used is not None:
+                self.peak = max(self.peak, used)
             self._stop.wait(0.05)
 
     def __exit__(self, *exc):
