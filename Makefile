@@ -1,8 +1,10 @@
 # StyleBlend in Jittor — every command a student or CI needs. `make help` lists them.
 SHELL := /bin/bash
 VENV ?= .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# PY=python3 (or any interpreter with the dependencies): use that environment as it is, no .venv (clusters, GPU images)
+SETUP := $(if $(filter $(VENV)/bin/python,$(PY)),$(STAMP))
 
 SET ?= B
 DATA ?= data/$(SET)
@@ -27,10 +29,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (+ test extras)
 
-test: $(STAMP)  ## pytest (unit, parity, method) and nbval over every notebook in smoke mode, in one run
+test: $(SETUP)  ## pytest (unit, parity, method) and nbval over every notebook in smoke mode, in one run
 	STYLEBLEND_SMOKE=1 $(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg tests notebooks
 
-demo: $(STAMP)  ## the whole chain, every notebook, on the embedded tiny model and the committed demo styles
+demo: $(SETUP)  ## the whole chain, every notebook, on the embedded tiny model and the committed demo styles
 	$(MAKE) reproduce SET=demo
 
 # reproduce = one job per style (reproduce-style-<id>), then one merged report. `make -jN reproduce GPUS=0,1,..`
@@ -39,7 +41,7 @@ demo: $(STAMP)  ## the whole chain, every notebook, on the embedded tiny model a
 SELECT = --set $(SET) --data $(DATA) $(if $(STYLES),--styles "$(STYLES)")
 REPORT = --outputs $(OUTPUTS) $(if $(MODEL),--model $(MODEL))
 
-reproduce: $(STAMP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; -jN GPUS=0,1,.. = N styles at once)
+reproduce: $(SETUP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; -jN GPUS=0,1,.. = N styles at once)
 	@styles=$$($(PY) -m styleblend.cli styles $(SELECT)) && \
 	  { $(MAKE) -k --no-print-directory $$(printf 'reproduce-style-%s ' $$styles); \
 	    $(MAKE) --no-print-directory reproduce-merge; }
@@ -54,17 +56,17 @@ reproduce-merge:  ## join outputs/reports/<style>.csv into outputs/report.md + .
 reproduce-list:  ## print the style ids of SET/STYLES in run order (Slurm array task i runs the i-th)
 	@$(PY) -m styleblend.cli styles $(SELECT)
 
-lab: $(STAMP)  ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab notebooks
+lab: $(SETUP)  ## JupyterLab on the notebooks
+	$(PY) -m jupyter lab notebooks
 
-data: $(STAMP)  ## lay out downloaded B images: make data B_IMAGES=/path/to/B
+data: $(SETUP)  ## lay out downloaded B images: make data B_IMAGES=/path/to/B
 	@test -n "$(B_IMAGES)" || { echo "usage: make data B_IMAGES=/path/to/B (folders <style>/images/*.png)"; exit 2; }
 	$(PY) -m styleblend.cli data --from $(B_IMAGES) --data $(DATA)
 
 gpu-setup:  ## once per CUDA 13 / cuDNN 9 GPU machine: patch the installed Jittor so it builds there
 	$(PY) -m styleblend.gpu_setup
 
-bench: $(STAMP)  ## GPU benchmarks, ours vs diffusers, one JSON line each (see docs/performance.md)
+bench: $(SETUP)  ## GPU benchmarks, ours vs diffusers, one JSON line each (see docs/performance.md)
 	for dtype in float32 float16; do for impl in jittor diffusers; do \
 	  STYLEBLEND_DEVICE=cuda $(PY) bench/unet_step.py --impl $$impl --dtype $$dtype; done; done
 	STYLEBLEND_DEVICE=cuda $(PY) bench/probe_ops.py

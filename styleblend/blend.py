@@ -34,7 +34,7 @@ from typing import Callable, List, Optional, Sequence
 
 from PIL import Image
 
-import jittor as jt
+from .backend import jt
 
 from .checkpoints import StyleCheckpoint
 from .coarse import load_coarse

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-import jittor as jt
+from .backend import jt
 
 from .checkpoints import STAGES, StyleCheckpoint
 from .config import CoarseConfig, SDEditConfig, format_prompt

@@ -21,7 +21,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 from PIL import ImageOps
 
-import jittor as jt
+from .backend import jt
 
 from .checkpoints import STAGES, StyleCheckpoint
 from .coarse import (denoising_loss, encode_moments, epoch_order, fit, plain_config, sample_latents, seed_lora,

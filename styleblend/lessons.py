@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-import jittor as jt
+from .backend import jt
 
 from .blend import BlendOutput, blend_sample
 from .coarse import SDEditResult, unet_lora_scale

@@ -115,7 +115,7 @@ def load_weights(model, path: Path, dtype: str = "float32") -> None:
 
     Missing or unexpected tensors and shape mismatches raise :class:`ModelLoadError` naming the file and key.
     """
-    import jittor as jt
+    from .backend import jt
     from safetensors import safe_open
 
     _check_dtype(dtype)

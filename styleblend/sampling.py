@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-import jittor as jt
+from .backend import jt
 
 from .errors import ConfigError
 from .progress import progress

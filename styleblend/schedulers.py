@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Union
 
 import numpy as np
 
-import jittor as jt
+from .backend import jt
 
 from .errors import ConfigError
 

@@ -11,7 +11,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-import jittor as jt
+from .backend import jt
 
 from .errors import StyleBlendError
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 from . import fused_attention
 from .ops import permute

@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 
 def timestep_features(timesteps: jt.Var, dim: int, flip_sin_to_cos: bool, freq_shift: float,

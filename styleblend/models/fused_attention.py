@@ -22,7 +22,7 @@ import math
 import os
 from typing import Optional
 
-import jittor as jt
+from ..backend import jt
 
 from ..errors import ConfigError
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Union
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 Multiplier = Union[float, jt.Var]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jittor as jt
+from ..backend import jt
 
 
 def permute(x: jt.Var, axes: Sequence[int]) -> jt.Var:

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 
 class GroupNorm(nn.Module):

@@ -6,8 +6,8 @@ StyleBlend's query / key-value injection addresses (see ``UNet2DConditionModel.t
 """
 from __future__ import annotations
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 from .attention import Attention
 from .ops import permute

@@ -14,8 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 from ..errors import ConfigError
 from .config_check import resolve_config

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-import jittor as jt
-from jittor import nn
+from ..backend import jt
+from ..backend import nn
 
 from ..errors import ConfigError
 from .attention import Attention
