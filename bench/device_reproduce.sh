@@ -17,7 +17,7 @@ STYLE=${STYLE:-05}
 MODEL=${MODEL:-/tmp/sd21-random}
 OUTDIR=${OUT:-.device/out}
 LOG=/tmp/reproduce.log
-export PYTHONPATH=/tmp/jt:$PWD STYLEBLEND_DEVICE=cuda PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/jt:$PWD STYLEBLEND_DEVICE=cuda STYLEBLEND_QUIET=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
 start=$SECONDS
 
@@ -34,7 +34,7 @@ fi
 
 if [ ! -e /tmp/reproduce.pid ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/gpu.txt"
-  setsid bash -c "echo \$\$ > /tmp/reproduce.pid; exec make reproduce PY=python3 SET=B DATA=.device/B \
+  setsid bash -c "echo \$\$ > /tmp/reproduce.pid; make reproduce PY=python3 SET=B DATA=.device/B \
     STYLES=$STYLE MODEL=$MODEL > $LOG 2>&1; echo \$? > /tmp/reproduce.rc" &
   sleep 2
 fi
