@@ -10,6 +10,7 @@ SET ?= B
 DATA ?= data/$(SET)
 STYLES ?=
 MODEL ?=
+RECIPE ?=
 RESULTS ?= result
 CHECKPOINTS ?= checkpoints
 OUTPUTS ?= outputs
@@ -41,14 +42,14 @@ demo: $(SETUP)  ## the whole chain, every notebook, on the embedded tiny model a
 SELECT = --set $(SET) --data $(DATA) $(if $(STYLES),--styles "$(STYLES)")
 REPORT = --outputs $(OUTPUTS) $(if $(MODEL),--model $(MODEL))
 
-reproduce: $(SETUP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; -jN GPUS=0,1,.. = N styles at once)
+reproduce: $(SETUP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; RECIPE= a recipe YAML; -jN GPUS=0,1,.. = N styles at once)
 	@styles=$$($(PY) -m styleblend.cli styles $(SELECT)) && \
 	  { $(MAKE) -k --no-print-directory $$(printf 'reproduce-style-%s ' $$styles); \
 	    $(MAKE) --no-print-directory reproduce-merge; }
 
 reproduce-style-%:
 	$(PY) -m styleblend.cli notebooks --set $(SET) --data $(DATA) --results $(RESULTS) --checkpoints $(CHECKPOINTS) \
-	  $(REPORT) --styles $* --no-merge $(if $(GPUS),--gpus $(GPUS))
+	  $(REPORT) --styles $* --no-merge $(if $(GPUS),--gpus $(GPUS)) $(if $(RECIPE),--config $(RECIPE))
 
 reproduce-merge:  ## join outputs/reports/<style>.csv into outputs/report.md + .csv (after a Slurm run)
 	$(PY) -m styleblend.cli merge-reports $(SELECT) $(REPORT)

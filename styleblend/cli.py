@@ -29,12 +29,16 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="folder holding <style>/images and <style>/prompt.json (default data/SET)")
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _paths(p: argparse.ArgumentParser) -> None:
     _selection(p)
     p.add_argument("--results", default="result", help="images go to RESULTS/SET/STYLE/<Prompt>.png")
     p.add_argument("--checkpoints", default="checkpoints", help="learned files go to CHECKPOINTS/SET/STYLE/")
     p.add_argument("--model", default=None, help="SD 2.1 folder or hub id (default: the embedded tiny model)")
     p.add_argument("--config", default=None, help="a recipe YAML overriding the defaults (partial is fine)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _paths(p)
     p.add_argument("--seed", type=int, default=None, help="one seed for every prompt (default: per-prompt seeds)")
     p.add_argument("--force", action="store_true", help="retrain / regenerate even where outputs exist")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (images still 512²)")
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lpips", action="store_true", help="compute LPIPS (the lpips package; it fetches SqueezeNet)")
     ev.add_argument("--fid", default=None, help="local Inception file for FID (inception-2015-12-05.pt)")
     nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill (make reproduce)")
-    _common(nb)
+    _paths(nb)
     nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
     nb.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3: each style holds a free one and its "
                     "processes see only it (CUDA_VISIBLE_DEVICES); default: nothing pinned")
@@ -132,7 +136,7 @@ def _notebooks(args) -> None:
     gpus = parse_gpus(args.gpus)
     styles = select_styles(_data_root(args), _styles(args.styles))
     rows = run_notebooks(args.set_name, _data_root(args), styles, args.results, args.checkpoints, args.outputs,
-                         model=args.model, gpus=gpus, merge=not args.no_merge)
+                         model=args.model, recipe=args.config, gpus=gpus, merge=not args.no_merge)
     failed = unfinished(rows, styles)
     if failed:
         report = Path(args.outputs) / ("reports" if args.no_merge else "report.md")

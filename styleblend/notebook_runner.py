@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import psutil
 
+from .config import load_recipe
 from .gpus import claim_gpu, gpu_env
 from .io import write_atomic
 from .memory import gpu_used_mb
@@ -163,19 +164,24 @@ def _last_error(log: str, out: Path) -> str:
 
 def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
                   model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print, gpus: Sequence[str] = (),
-                  merge: bool = True) -> List[ReportRow]:
+                  merge: bool = True, recipe: Optional[str] = None) -> List[ReportRow]:
     """Run 00→06 for each style, on a free GPU of ``gpus`` if any; returns these styles' rows.
+
+    ``recipe``: a recipe YAML that every notebook lays over the defaults (its ``recipe_file`` parameter).
 
     A style's report is rewritten after every notebook, so an interruption loses nothing; ``merge`` rewrites the
     joined report each time too (parallel jobs leave that to one :func:`merge_reports` at the end).
     """
     outputs = Path(outputs).resolve()
+    if recipe:
+        load_recipe(recipe)  # a bad file fails here, naming the file and key, not in every notebook
     tiny = not model
     env = dict(os.environ, STYLEBLEND_QUIET="1", **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
     if tiny:
         echo(TINY_MODEL_BANNER)
     params = {"set_name": set_name, "data_root": Path(data_root).resolve(), "results_root": Path(results_root).resolve(),
-              "checkpoints_root": Path(checkpoints_root).resolve(), "output_root": outputs, "model": model or ""}
+              "checkpoints_root": Path(checkpoints_root).resolve(), "output_root": outputs, "model": model or "",
+              "recipe_file": Path(recipe).resolve() if recipe else ""}
     all_rows: List[ReportRow] = []
     for style in styles:
         report = style_report(outputs, style)

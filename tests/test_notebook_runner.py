@@ -5,13 +5,14 @@ import csv
 import nbformat
 import pytest
 
+from styleblend.errors import ConfigError
 from styleblend.notebook_runner import run_notebooks
 
 
 def _notebook(path, body):
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('style = "x"\nset_name = ""\ndata_root = ""\nresults_root = ""\n'
-                                       'checkpoints_root = ""\noutput_root = ""\nmodel = ""')
+                                       'checkpoints_root = ""\noutput_root = ""\nmodel = ""\nrecipe_file = ""')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -53,3 +54,23 @@ def test_failure_stops_its_style_only_and_rerun_resumes(tmp_path, fake_notebooks
                   echo=lines.append)
     skipped = [line for line in lines if line.startswith("skip")]
     assert len(skipped) == 4, "notebooks that were ok are not run again"
+
+
+def test_a_recipe_file_reaches_every_notebook_and_a_bad_one_stops_before_any(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_recipe.ipynb", "from styleblend.config import load_recipe\n"
+                                          "print('ti_steps', load_recipe(recipe_file or None).fine.ti_steps)")
+    recipe = tmp_path / "short.yaml"
+    recipe.write_text("fine: {ti_steps: 7}\n")
+    out = tmp_path / "outputs"
+    rows = run_notebooks("demo", tmp_path, ["a"], tmp_path / "r", tmp_path / "c", out, folder=folder,
+                         echo=lambda _: None, recipe=str(recipe))
+    assert [r.status for r in rows] == ["ok"]
+    assert "ti_steps 7" in (out / "notebooks" / "a" / "00_recipe.ipynb").read_text()
+
+    recipe.write_text("fine: {ti_stepz: 7}\n")
+    with pytest.raises(ConfigError, match="ti_stepz"):
+        run_notebooks("demo", tmp_path, ["b"], tmp_path / "r", tmp_path / "c", out, folder=folder,
+                      echo=lambda _: None, recipe=str(recipe))
+    assert not (out / "notebooks" / "b").exists()

@@ -141,6 +141,11 @@ def test_make_runs_one_job_per_style_then_the_merge(tmp_path):
     serial = subprocess.run(base + ["reproduce"], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert [c for c in _commands(serial.stdout) if " notebooks " in c] == [j.replace(" --gpus 0,1", "") for j in jobs]
 
+    recipe = subprocess.run(base + ["reproduce", "RECIPE=short.yaml"], cwd=ROOT, env=_env(), capture_output=True,
+                            text=True)
+    assert [" ".join(c.split()) for c in _commands(recipe.stdout) if " notebooks " in c] == [
+        " ".join(j.replace(" --gpus 0,1", " --config short.yaml").split()) for j in jobs]
+
 
 def test_slurm_task_runs_the_style_of_its_index_in_the_serial_order(tmp_path):
     serial = select_styles(DEMO, None)
