@@ -17,18 +17,13 @@ STYLE=${STYLE:-05}
 MODEL=${MODEL:-/tmp/sd21-random}
 OUTDIR=${OUT:-.device/out}
 LOG=/tmp/reproduce.log
-export PYTHONPATH=/tmp/jt:$PWD STYLEBLEND_DEVICE=cuda STYLEBLEND_QUIET=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUTDIR"
 start=$SECONDS
-
-if [ ! -e /tmp/jt/.ready ]; then
-  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/jt \
-    .whl/*.whl .whl/jittor-*.tar.gz .whl/nb/*.whl || exit 1
-  python3 -m styleblend.gpu_setup || exit 1
-  python3 -c "import styleblend.runtime, jittor" >/dev/null || exit 1   # Jittor's core compile (minutes)
+source bench/device_setup.sh
+if [ ! -e /tmp/reproduce.setup ]; then
   python3 -m styleblend.cli write-random "$MODEL" || exit 1
   if ls .device/state.tgz.part-* >/dev/null 2>&1; then cat .device/state.tgz.part-* | tar xz && echo "resumed"; fi
-  touch /tmp/jt/.ready
+  touch /tmp/reproduce.setup
   echo "set up in $((SECONDS - start)) s"
 fi
 

@@ -1,0 +1,12 @@
+# Sourced by the bench/device_*.sh scripts on a CUDA 13 GPU machine with no network (the project's device runs):
+# installs the carried wheels (.whl/: the Jittor sdist, numpy<2; .whl/nb/: papermill, nbclient, ipykernel and
+# their dependencies) into /tmp/jt once per machine, applies styleblend.gpu_setup, compiles Jittor's core, and
+# exports the environment every later command needs.
+export PYTHONPATH=/tmp/jt:$PWD STYLEBLEND_DEVICE=cuda STYLEBLEND_QUIET=1 PYTHONUNBUFFERED=1
+if [ ! -e /tmp/jt/.ready ]; then
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/jt \
+    .whl/*.whl .whl/jittor-*.tar.gz .whl/nb/*.whl || exit 1
+  python3 -m styleblend.gpu_setup || exit 1
+  python3 -c "import styleblend.backend" >/dev/null || exit 1   # Jittor's core compile (minutes)
+  touch /tmp/jt/.ready
+fi

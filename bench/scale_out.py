@@ -1,0 +1,86 @@
+"""Scale-out: the same styles through `make reproduce` on one GPU, then with `make -jN` on N GPUs; wall time,
+speed-up (target 0.9·N) and whether both runs wrote byte-identical images. Prints one JSON line.
+
+    python bench/scale_out.py --data .device/B --styles 00 01 --gpus 0,1                      # smoke recipe, tiny model
+    python bench/scale_out.py --data .device/B --styles 00 01 --gpus 0,1 --model /tmp/sd21-random \\
+        --recipe bench/recipes/scale_out.yaml                                                  # reduced real size
+Each style gets the first --prompts prompts of its prompt.json (fewer images, same work per image). --warmup
+first runs one style untimed, so Jittor's one-off operator compilation counts in neither run. --gpus "" runs
+both without pinning (a CPU check of the plumbing; no speed-up to expect there).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from unet_step import gpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def trimmed_set(source: Path, styles, prompts: int, dest: Path) -> Path:
+    """``dest/<style>/``: the style's images and its first ``prompts`` prompts."""
+    for style in styles:
+        shutil.copytree(source / style / "images", dest / style / "images", dirs_exist_ok=True)
+        table = json.loads((source / style / "prompt.json").read_text())
+        (dest / style / "prompt.json").write_text(json.dumps(dict(list(table.items())[:prompts]), indent=1))
+    return dest
+
+
+def make_reproduce(work: Path, set_name: str, data: Path, styles, gpus: str, jobs: int, model: str,
+                   recipe: str) -> float:
+    """Seconds of one `make -j<jobs> reproduce` into ``work``; raises if a style failed."""
+    cmd = ["make", f"-j{jobs}", "--no-print-directory", "reproduce", f"PY={sys.executable}", f"SET={set_name}", f"DATA={data}",
+           f"STYLES={' '.join(styles)}", f"GPUS={gpus}", f"OUTPUTS={work / 'outputs'}", f"RESULTS={work / 'result'}",
+           f"CHECKPOINTS={work / 'checkpoints'}", f"MODEL={model}", f"RECIPE={recipe}"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def image_hashes(results: Path) -> dict:
+    return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(results.rglob("*.png"))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True, help="a style set: <style>/images, <style>/prompt.json")
+    p.add_argument("--set", dest="set_name", default="B", help="the set's name (its per-style blend settings)")
+    p.add_argument("--styles", nargs="+", required=True)
+    p.add_argument("--gpus", required=True, help='GPU ids for the parallel run, e.g. 0,1 ("" = no pinning)')
+    p.add_argument("--model", default="", help='"" = the tiny model (smoke recipe)')
+    p.add_argument("--recipe", default="", help="a recipe YAML laid over the defaults")
+    p.add_argument("--prompts", type=int, default=5)
+    p.add_argument("--warmup", action="store_true")
+    p.add_argument("--work", type=Path, default=Path("/tmp/scale_out"))
+    a = p.parse_args()
+    gpus = [g for g in a.gpus.split(",") if g]
+    n = len(gpus) or 2
+    if a.work.exists():
+        raise SystemExit(f"{a.work} exists; choose another --work (nothing is overwritten)")
+    data = trimmed_set(a.data, a.styles, a.prompts, a.work / "data")
+    run = dict(set_name=a.set_name, data=data, model=a.model, recipe=a.recipe)
+    if a.warmup:
+        make_reproduce(a.work / "warmup", styles=a.styles[:1], gpus=",".join(gpus[:1]), jobs=1, **run)
+    serial = make_reproduce(a.work / "serial", styles=a.styles, gpus=",".join(gpus[:1]), jobs=1, **run)
+    parallel = make_reproduce(a.work / "parallel", styles=a.styles, gpus=",".join(gpus), jobs=n, **run)
+    recipe = a.recipe or ("smoke" if not a.model else "full")
+    same = image_hashes(a.work / "serial" / "result") == image_hashes(a.work / "parallel" / "result")
+    print(json.dumps({"card": gpu_name() if gpus else "cpu", "gpus": len(gpus), "styles": a.styles,
+                      "prompts": a.prompts, "model": a.model or "tiny", "recipe": recipe, "serial_s": round(serial, 1), "parallel_s": round(parallel, 1),
+                      "speedup": round(serial / parallel, 2), "target": round(0.9 * n, 2),
+                      "images": len(image_hashes(a.work / "serial" / "result")), "identical_images": same}))
+
+
+if __name__ == "__main__":
+    main()
