@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 from . import fused_attention
 from .ops import permute

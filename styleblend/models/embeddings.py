@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 
 def timestep_features(timesteps: jt.Var, dim: int, flip_sin_to_cos: bool, freq_shift: float,

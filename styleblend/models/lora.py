@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Union
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 Multiplier = Union[float, jt.Var]
 

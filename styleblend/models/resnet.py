@@ -9,8 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 
 class GroupNorm(nn.Module):

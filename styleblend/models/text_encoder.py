@@ -13,8 +13,7 @@ from typing import Any, Dict, List, Mapping
 
 import numpy as np
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 from ..errors import ConfigError
 from .attention import merge_heads, scaled_dot_product_attention, split_heads

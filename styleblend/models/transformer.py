@@ -6,8 +6,7 @@ StyleBlend's query / key-value injection addresses (see ``UNet2DConditionModel.t
 """
 from __future__ import annotations
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 from .attention import Attention
 from .ops import permute

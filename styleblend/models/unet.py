@@ -14,8 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 from ..errors import ConfigError
 from .config_check import resolve_config

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional
 
-from ..backend import jt
-from ..backend import nn
+from ..backend import jt, nn
 
 from ..errors import ConfigError
 from .attention import Attention
