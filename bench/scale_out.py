@@ -75,11 +75,13 @@ def main() -> None:
     serial = make_reproduce(a.work / "serial", styles=a.styles, gpus=",".join(gpus[:1]), jobs=1, **run)
     parallel = make_reproduce(a.work / "parallel", styles=a.styles, gpus=",".join(gpus), jobs=n, **run)
     recipe = a.recipe or ("smoke" if not a.model else "full")
-    same = image_hashes(a.work / "serial" / "result") == image_hashes(a.work / "parallel" / "result")
+    serial_images = image_hashes(a.work / "serial" / "result")
     print(json.dumps({"card": gpu_name() if gpus else "cpu", "gpus": len(gpus), "styles": a.styles,
-                      "prompts": a.prompts, "model": a.model or "tiny", "recipe": recipe, "serial_s": round(serial, 1), "parallel_s": round(parallel, 1),
+                      "prompts": a.prompts, "model": a.model or "tiny", "recipe": recipe,
+                      "serial_s": round(serial, 1), "parallel_s": round(parallel, 1),
                       "speedup": round(serial / parallel, 2), "target": round(0.9 * n, 2),
-                      "images": len(image_hashes(a.work / "serial" / "result")), "identical_images": same}))
+                      "images": len(serial_images),
+                      "identical_images": serial_images == image_hashes(a.work / "parallel" / "result")}))
 
 
 if __name__ == "__main__":
