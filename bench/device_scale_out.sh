@@ -1,23 +1,46 @@
 #!/usr/bin/env bash
-# Scale-out on one machine with several GPUs (the project's nvidia-h100-x2 / -x4 device runs), one call per recipe:
+# Scale-out on one machine with several GPUs (the project's nvidia-h100-x2 / -x4 device runs; each call at most
+# 10 minutes, so the runs go on in the background between calls):
 #
-#   bash bench/device_scale_out.sh smoke     # tiny model, smoke recipe
-#   bash bench/device_scale_out.sh reduced   # SD 2.1 architecture (random weights), bench/recipes/scale_out.yaml
+#   bash bench/device_scale_out.sh SECONDS smoke reduced   # start (first call) or wait for (later calls) the runs
 #
-# Carried: .whl/ (see bench/device_setup.sh) and .device/B/<style>/ for at least as many styles as GPUs. Runs
-# bench/scale_out.py (one style warm-up, N styles on GPU 0, then make -jN on all N GPUs) and appends its JSON line
-# to $OUT/scale_out.jsonl.
+# smoke = tiny model, smoke recipe; reduced = SD 2.1 architecture (random weights), bench/recipes/scale_out.yaml.
+# Carried: .whl/ (see bench/device_setup.sh) and .device/B/<style>/ for at least as many styles as GPUs. Each
+# recipe runs bench/scale_out.py (one style warm-up, N styles on GPU 0, then make -jN on all N GPUs) and appends
+# its JSON line to scale_out.jsonl. Every call waits up to SECONDS, then copies the JSON lines, the log and the
+# GPUs' use sampled every 5 s (gpu_use.csv: which GPU worked when) to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh
-n=$(nvidia-smi -L | wc -l)
-gpus=$(seq -s, 0 $((n - 1)))
-styles=$(ls .device/B | head -n "$n")
-case ${1:?usage: bench/device_scale_out.sh smoke|reduced} in
-  smoke) args=() ;;
-  reduced) python3 -m styleblend.cli write-random /tmp/sd21-random >/dev/null || exit 1
-           args=(--model /tmp/sd21-random --recipe bench/recipes/scale_out.yaml) ;;
-  *) echo "unknown recipe $1 (smoke or reduced)" >&2; exit 2 ;;
-esac
-python3 bench/scale_out.py --data .device/B --styles $styles --gpus "$gpus" --warmup --work "/tmp/scale_out_$1" \
-  "${args[@]}" | tee -a "${OUT:-.}/scale_out.jsonl"
+
+if [ "${1:-}" = --now ]; then   # one recipe, in the foreground (the background job calls this)
+  n=$(nvidia-smi -L | wc -l)
+  styles=$(ls .device/B | head -n "$n")
+  case ${2:?recipe} in
+    smoke) args=() ;;
+    reduced) python3 -m styleblend.cli write-random /tmp/sd21-random >/dev/null || exit 1
+             args=(--model /tmp/sd21-random --recipe bench/recipes/scale_out.yaml) ;;
+    *) echo "unknown recipe $2 (smoke or reduced)" >&2; exit 2 ;;
+  esac
+  exec python3 bench/scale_out.py --data .device/B --styles $styles --gpus "$(seq -s, 0 $((n - 1)))" --warmup \
+    --work "/tmp/scale_out_$2" "${args[@]}"
+fi
+
+WAIT=${1:?usage: bench/device_scale_out.sh SECONDS smoke|reduced ...}
+shift
+OUTDIR=${OUT:-.device/out}
+mkdir -p "$OUTDIR"
+start=$SECONDS
+if [ ! -e /tmp/scale_out.pid ]; then
+  nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee /tmp/gpus.txt
+  setsid nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv -l 5 > /tmp/gpu_use.csv &
+  setsid bash -c "echo \$\$ > /tmp/scale_out.pid; for r in $*; do
+    bash bench/device_scale_out.sh --now \$r >> /tmp/scale_out.jsonl || exit 1; done" > /tmp/scale_out.log 2>&1 &
+  sleep 2
+fi
+while kill -0 "$(cat /tmp/scale_out.pid)" 2>/dev/null && [ $((SECONDS - start)) -lt "$WAIT" ]; do sleep 5; done
+cp /tmp/gpus.txt /tmp/gpu_use.csv /tmp/scale_out.log "$OUTDIR"/
+cp /tmp/scale_out.jsonl "$OUTDIR"/ 2>/dev/null
+tail -n 20 /tmp/scale_out.log
+cat /tmp/scale_out.jsonl 2>/dev/null
+kill -0 "$(cat /tmp/scale_out.pid)" 2>/dev/null && echo "still running" || echo "finished"

@@ -1,12 +1,14 @@
 """Scale-out: the same styles through `make reproduce` on one GPU, then with `make -jN` on N GPUs; wall time,
-speed-up (target 0.9·N) and whether both runs wrote byte-identical images. Prints one JSON line.
+speed-up (target 0.9·N) and how far their images differ. Prints one JSON line.
 
     python bench/scale_out.py --data .device/B --styles 00 01 --gpus 0,1                      # smoke recipe, tiny model
     python bench/scale_out.py --data .device/B --styles 00 01 --gpus 0,1 --model /tmp/sd21-random \\
         --recipe bench/recipes/scale_out.yaml                                                  # reduced real size
 Each style gets the first --prompts prompts of its prompt.json (fewer images, same work per image). --warmup
-first runs one style untimed, so Jittor's one-off operator compilation counts in neither run. --gpus "" runs
-both without pinning (a CPU check of the plumbing; no speed-up to expect there).
+first runs one style untimed, so Jittor's one-off operator compilation counts in neither run; its images are also
+the noise floor: the same style, same seeds, same GPU, run twice (warm-up vs serial) differ by GPU kernels'
+run-to-run nondeterminism alone. ``same_images`` holds when serial and parallel differ by no more than that.
+--gpus "" runs both without pinning (a CPU check of the plumbing; no speed-up to expect there).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from unet_step import gpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,12 +48,26 @@ def make_reproduce(work: Path, set_name: str, data: Path, styles, gpus: str, job
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    print(f"{work.name}: {len(styles)} style(s) on GPUs [{gpus}] with -j{jobs} in {seconds:.1f} s", file=sys.stderr)
     return seconds
 
 
 def image_hashes(results: Path) -> dict:
     return {str(p.relative_to(results)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(results.rglob("*.png"))}
+
+
+def pixel_difference(a: Path, b: Path) -> dict:
+    """Largest absolute pixel difference (0–255) and the share of differing pixel values over the images both
+    result folders hold; raises if ``b`` lacks an image of ``a``."""
+    worst, differing, total = 0, 0, 0
+    for p in sorted(a.rglob("*.png")):
+        q = b / p.relative_to(a)
+        if not q.exists():
+            raise SystemExit(f"{q} is missing (it is in {a})")
+        d = np.abs(np.asarray(Image.open(p), np.int16) - np.asarray(Image.open(q), np.int16))
+        worst, differing, total = max(worst, int(d.max())), differing + int((d > 0).sum()), total + d.size
+    return {"max": worst, "share": round(differing / max(total, 1), 5)}
 
 
 def main() -> None:
@@ -76,12 +94,17 @@ def main() -> None:
     parallel = make_reproduce(a.work / "parallel", styles=a.styles, gpus=",".join(gpus), jobs=n, **run)
     recipe = a.recipe or ("smoke" if not a.model else "full")
     serial_images = image_hashes(a.work / "serial" / "result")
-    print(json.dumps({"card": gpu_name() if gpus else "cpu", "gpus": len(gpus), "styles": a.styles,
-                      "prompts": a.prompts, "model": a.model or "tiny", "recipe": recipe,
-                      "serial_s": round(serial, 1), "parallel_s": round(parallel, 1),
-                      "speedup": round(serial / parallel, 2), "target": round(0.9 * n, 2),
-                      "images": len(serial_images),
-                      "identical_images": serial_images == image_hashes(a.work / "parallel" / "result")}))
+    across = pixel_difference(a.work / "serial" / "result", a.work / "parallel" / "result")
+    line = {"card": gpu_name() if gpus else "cpu", "gpus": len(gpus), "styles": a.styles, "prompts": a.prompts,
+            "model": a.model or "tiny", "recipe": recipe, "serial_s": round(serial, 1),
+            "parallel_s": round(parallel, 1), "speedup": round(serial / parallel, 2), "target": round(0.9 * n, 2),
+            "images": len(serial_images),
+            "identical_images": serial_images == image_hashes(a.work / "parallel" / "result"),
+            "serial_vs_parallel": across}
+    if a.warmup:
+        repeat = pixel_difference(a.work / "warmup" / "result", a.work / "serial" / "result")
+        line.update(repeat_same_gpu=repeat, same_images=across["max"] <= repeat["max"])
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -151,7 +151,10 @@ def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[
     with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
         log, _ = proc.communicate()
     status = "ok" if proc.returncode == 0 else "failed"
-    message = "" if status == "ok" else _last_error(log, out)
+    message = ""
+    if status == "failed":  # papermill's output, the kernel's stderr included, kept beside the executed notebook
+        write_atomic(out.with_suffix(".log"), lambda tmp: tmp.write_text(log), overwrite=True)
+        message = _last_error(log, out)
     return ReportRow(notebook.stem, str(parameters["style"]), time.perf_counter() - start, peak.ram_mb,
                      peak.gpu_mb, status, message)
 
@@ -159,7 +162,7 @@ def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[
 def _last_error(log: str, out: Path) -> str:
     lines = [l.strip() for l in log.splitlines() if l.strip()]
     error = next((l for l in reversed(lines) if "Error" in l or "Exception" in l), lines[-1] if lines else "")
-    return f"{error[:200]} (executed notebook kept: {out})"
+    return f"{error[:200]} (executed notebook kept: {out}; its log: {out.with_suffix('.log')})"
 
 
 def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
@@ -176,7 +179,8 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
     if recipe:
         load_recipe(recipe)  # a bad file fails here, naming the file and key, not in every notebook
     tiny = not model
-    env = dict(os.environ, STYLEBLEND_QUIET="1", **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
+    # PYTHONFAULTHANDLER: a kernel that dies of a signal (a crash in compiled code) prints its Python stack
+    env = dict(os.environ, STYLEBLEND_QUIET="1", PYTHONFAULTHANDLER="1", **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
     if tiny:
         echo(TINY_MODEL_BANNER)
     params = {"set_name": set_name, "data_root": Path(data_root).resolve(), "results_root": Path(results_root).resolve(),

@@ -74,3 +74,17 @@ def test_a_recipe_file_reaches_every_notebook_and_a_bad_one_stops_before_any(tmp
         run_notebooks("demo", tmp_path, ["b"], tmp_path / "r", tmp_path / "c", out, folder=folder,
                       echo=lambda _: None, recipe=str(recipe))
     assert not (out / "notebooks" / "b").exists()
+
+
+def test_a_crashed_kernel_leaves_its_python_stack_in_a_log(tmp_path):
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_crash.ipynb", "import ctypes\ndef read_address_zero():\n    ctypes.string_at(0)\n"
+                                         "read_address_zero()")
+    out = tmp_path / "outputs"
+    [row] = run_notebooks("demo", tmp_path, ["a"], tmp_path / "r", tmp_path / "c", out, folder=folder,
+                          echo=lambda _: None)
+    log = out / "notebooks" / "a" / "00_crash.log"
+    assert row.status == "failed" and str(log) in row.message
+    text = log.read_text()
+    assert "Segmentation fault" in text and "read_address_zero" in text, text[-2000:]

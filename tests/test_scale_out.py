@@ -168,3 +168,25 @@ def test_slurm_task_runs_the_style_of_its_index_in_the_serial_order(tmp_path):
     assert listed.stdout.split() == serial
     beyond = task(len(serial))
     assert beyond.returncode == 2 and f"only {len(serial)} styles" in beyond.stderr
+
+
+def test_bench_pixel_difference_finds_the_largest_change_and_a_missing_image(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from scale_out import pixel_difference
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from PIL import Image
+    import numpy as np
+
+    image = np.full((4, 4, 3), 100, np.uint8)
+    changed = image.copy()
+    changed[1, 2, 0] = 98
+    for folder, pixels in (("a", image), ("b", changed)):
+        (tmp_path / folder / "B" / "00").mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / folder / "B" / "00" / "Cup.png")
+    assert pixel_difference(tmp_path / "a", tmp_path / "a") == {"max": 0, "share": 0.0}
+    assert pixel_difference(tmp_path / "a", tmp_path / "b") == {"max": 2, "share": round(1 / 48, 5)}
+    Image.fromarray(image).save(tmp_path / "a" / "B" / "00" / "Zoo.png")
+    with pytest.raises(SystemExit, match="Zoo.png is missing"):
+        pixel_difference(tmp_path / "a", tmp_path / "b")
