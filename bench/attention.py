@@ -1,6 +1,10 @@
 """Fused vs naive attention on CUDA: max relative error and ms per call at SD 2.1's 768² attention shapes.
 
     STYLEBLEND_DEVICE=cuda python bench/attention.py [--warps 4 8] [--dtypes float16 float32]
+    STYLEBLEND_DEVICE=cuda python bench/attention.py --backward [--dtypes float32]
+
+``--backward``: gradients instead (training, batch 1): dq, dk, dv of the fused attention (blockwise backward) and
+of the naive one against the naive gradients in float32, and ms per forward + backward.
 
 One JSON line per (shape, dtype): the naive path's time, the fused kernel's time per ``warps`` variant (float16),
 and each one's max |x - ref| / max |ref| against the naive attention computed in float32 from the same inputs.
@@ -23,6 +27,7 @@ from unet_step import gpu_name, timed_ms  # noqa: E402  (bench/ is the script's 
 
 CHECKS = [(2, 3, 100, 77, 64), (1, 2, 200, 130, 40), (1, 2, 65, 300, 80), (1, 1, 33, 129, 128), (1, 1, 1, 1, 64)]
 SD21 = [(4, 5, 9216, 9216, 64), (4, 10, 2304, 2304, 64), (4, 20, 576, 576, 64), (4, 5, 9216, 77, 64)]
+TRAIN = [(1,) + shape[1:] for shape in SD21]
 
 
 def naive(q, k, v):
@@ -54,12 +59,38 @@ def measure(shape, dtype, warps, timing):
     return row
 
 
+def measure_backward(shape, dtype, timing):
+    """Relative errors of (dq, dk, dv), fused and naive in ``dtype``, against naive float32; ms of forward+backward."""
+    b, h, nq, nk, d = shape
+    rng = np.random.default_rng(0)
+    q, k, v = (jt.array(rng.standard_normal((b, h, n, d)).astype(dtype)) for n in (nq, nk, nk))
+    weight = jt.array(rng.standard_normal((b, h, nq, d)).astype("float32"))
+
+    def grads(attend, *x):
+        return jt.grad((attend(*x).float32() * weight).sum(), list(x))
+
+    ref = [g.numpy().astype(np.float64) for g in grads(naive, q.float32(), k.float32(), v.float32())]
+    row = {"shape": list(shape), "dtype": dtype, "backward": True}
+    for name, attend in (("naive", naive), ("fused", fa.fused_attention)):
+        row[f"{name}_err"] = max(rel_err(g, r) for g, r in zip(grads(attend, q, k, v), ref))
+        if timing:
+            row[f"{name}_ms"] = timed_ms(lambda: sum(g.float32().sum() for g in grads(attend, q, k, v)))
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--warps", type=int, nargs="+", default=[4], help="float16 kernel variants (16 queries a warp)")
     p.add_argument("--dtypes", nargs="+", default=["float16", "float32"])
+    p.add_argument("--backward", action="store_true", help="gradients (training shapes, batch 1)")
     a = p.parse_args()
     device = gpu_name()
+    if a.backward:
+        for timing, shapes in ((False, CHECKS), (True, TRAIN)):
+            for shape in shapes:
+                for dtype in a.dtypes:
+                    print(json.dumps({**measure_backward(shape, dtype, timing), "device": device}), flush=True)
+        return
     with jt.no_grad():
         for timing, shapes in ((False, CHECKS), (True, SD21)):
             for shape in shapes:

@@ -7,8 +7,8 @@
 # smoke = tiny model, smoke recipe; reduced = SD 2.1 architecture (random weights), bench/recipes/scale_out.yaml.
 # Carried: .whl/ (see bench/device_setup.sh) and .device/B/<style>/ for at least as many styles as GPUs. Each
 # recipe runs bench/scale_out.py (one style warm-up, N styles on GPU 0, then make -jN on all N GPUs) and appends
-# its JSON line to scale_out.jsonl. Every call waits up to SECONDS, then copies the JSON lines, the log and the
-# GPUs' use sampled every 5 s (gpu_use.csv: which GPU worked when) to $OUT.
+# its JSON line to scale_out.jsonl; bench/device_background.sh keeps the runs going between calls and brings back
+# the JSON lines, the log and the GPUs' use sampled every 5 s (scale_out.gpu.csv: which GPU worked when).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh
@@ -26,21 +26,6 @@ if [ "${1:-}" = --now ]; then   # one recipe, in the foreground (the background 
     --work "/tmp/scale_out_$2" "${args[@]}"
 fi
 
-WAIT=${1:?usage: bench/device_scale_out.sh SECONDS smoke|reduced ...}
-shift
-OUTDIR=${OUT:-.device/out}
-mkdir -p "$OUTDIR"
-start=$SECONDS
-if [ ! -e /tmp/scale_out.pid ]; then
-  nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee /tmp/gpus.txt
-  setsid nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv -l 5 > /tmp/gpu_use.csv &
-  setsid bash -c "echo \$\$ > /tmp/scale_out.pid; for r in $*; do
-    bash bench/device_scale_out.sh --now \$r >> /tmp/scale_out.jsonl || exit 1; done" > /tmp/scale_out.log 2>&1 &
-  sleep 2
-fi
-while kill -0 "$(cat /tmp/scale_out.pid)" 2>/dev/null && [ $((SECONDS - start)) -lt "$WAIT" ]; do sleep 5; done
-cp /tmp/gpus.txt /tmp/gpu_use.csv /tmp/scale_out.log "$OUTDIR"/
-cp /tmp/scale_out.jsonl "$OUTDIR"/ 2>/dev/null
-tail -n 20 /tmp/scale_out.log
-cat /tmp/scale_out.jsonl 2>/dev/null
-kill -0 "$(cat /tmp/scale_out.pid)" 2>/dev/null && echo "still running" || echo "finished"
+source bench/device_background.sh
+background scale_out "${1:?usage: bench/device_scale_out.sh SECONDS smoke|reduced ...}" \
+  bash -c 'for r in "$@"; do bash bench/device_scale_out.sh --now "$r" || exit 1; done' recipes "${@:2}"

@@ -1,6 +1,7 @@
 """Training step times at the recipe's 768² (batch 1) for the three trainings, and the minutes one style costs:
 textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
 UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
+STYLEBLEND_FUSED_ATTENTION=0 switches the fused attention (forward kernel + blockwise backward) off for a before/after.
 
     STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
 Prints one JSON line (random weights: timings valid).
@@ -28,6 +29,7 @@ def main() -> None:
     from styleblend.coarse import denoising_loss, fit
     from styleblend.config import load_recipe
     from styleblend.loading import load_sd, write_random_sd
+    from styleblend.models import fused_attention
     from styleblend.models.lora import add_lora, lora_parameters
     from styleblend.sampling import encode_prompt
     from styleblend.tokens import add_token
@@ -53,7 +55,8 @@ def main() -> None:
         "text_encoder_lora": (lora_parameters(te_lora),
                               lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt, te_lora), rng)),
     }
-    result = {"dtype": a.dtype, "resolution": recipe.fine.resolution, "device": gpu_name()}
+    result = {"dtype": a.dtype, "resolution": recipe.fine.resolution, "device": gpu_name(),
+              "fused_attention": fused_attention.enabled}
     with GpuPeak() as peak:
         for name, (params, loss_fn) in jobs.items():
             fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up")

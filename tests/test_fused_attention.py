@@ -1,5 +1,6 @@
-"""The fused attention's online-softmax algorithm (its C++ form, through jt.code on CPU) against the naive
-``scaled_dot_product_attention``, and the dispatch rule. The CUDA kernels are checked by bench/attention.py."""
+"""The fused attention's online-softmax algorithm (its C++ form, through jt.code on CPU) and its blockwise
+backward against the naive ``scaled_dot_product_attention``, and the dispatch rule. The CUDA kernels are checked
+by bench/attention.py."""
 import numpy as np
 import pytest
 
@@ -46,7 +47,7 @@ def test_unsupported_head_dim_is_refused():
 
 def test_dispatch_rule():
     q, k, v = qkv(1, 2, 8, 5, 64)
-    assert not fa.fits(q, k, v)  # plain Vars require grad: training keeps the naive path
+    assert fa.fits(q, k, v)  # training too: the fused attention has a backward
     with jt.no_grad():
         assert fa.fits(q, k, v)
         assert not fa.fits(q, k, v, mask=jt.zeros((8, 5)))
@@ -55,4 +56,50 @@ def test_dispatch_rule():
         assert not fa.fits(q.float64(), k.float64(), v.float64())
         assert not fa.fits(q, k[:, :, :, :32], v[:, :, :, :32])
         assert not fa.supported(q, k, v)  # CUDA is off in CI: the naive path runs
-    assert fa.fits(q.stop_grad(), k.stop_grad(), v.stop_grad())
+
+
+@pytest.mark.parametrize("dtype, block_rows, tol", [
+    ("float32", 8, 1e-5),    # 37 queries: four full blocks and a partial one
+    ("float32", 0, 1e-5),    # the default block: all queries at once
+    ("float16", 16, 2e-2),   # products in float16, softmax and sums in float32
+])
+def test_gradients_match_naive_attention(dtype, block_rows, tol):
+    q, k, v = (x.cast(dtype) for x in qkv(2, 3, 37, 29, 16, seed=2))
+    weight = jt.array(np.random.default_rng(3).standard_normal((2, 3, 37, 16)).astype("float32"))
+
+    def grads(attend):
+        return [g.float32().numpy() for g in jt.grad((attend(q, k, v).float32() * weight).sum(), [q, k, v])]
+
+    expected = grads(lambda *x: scaled_dot_product_attention(*(t.float32() for t in x)))
+    got = grads(lambda *x: fa.fused_attention(*x, block_rows=block_rows))
+    for name, g, e in zip("qkv", got, expected):
+        err = np.abs(g - e).max() / np.abs(e).max()
+        assert err < tol, f"d{name}: relative error {err:.2e}"
+
+
+def test_unet_lora_gradients_are_the_same_through_the_fused_path(tmp_path, monkeypatch):
+    """Training through the whole (tiny) UNet: the fused forward + blockwise backward, forced on here on the CPU,
+    gives the LoRA gradients of the naive attention."""
+    from styleblend import loading
+    from styleblend.models.lora import add_lora, lora_parameters
+
+    sd = loading.load_sd(loading.write_tiny_sd(tmp_path / "tiny-sd", seed=0))
+    add_lora(sd.unet, ["to_q", "to_k", "to_v", "to_out.0"], 4, 4)
+    params = lora_parameters(sd.unet)
+    for i, p in enumerate(params):  # LoRA's up-projection starts at zero: give every factor a gradient
+        p.assign(jt.array(np.random.default_rng(i).standard_normal(p.shape).astype("float32") * 0.1))
+    rng = np.random.default_rng(0)
+    x = jt.array(rng.standard_normal((1, 4, 8, 8)).astype("float32"))
+    context = jt.array(rng.standard_normal((1, 77, sd.unet.config["cross_attention_dim"])).astype("float32"))
+
+    def lora_grads():
+        return [g.numpy() for g in jt.grad((sd.unet(x, 500, context) ** 2).mean(), params)]
+
+    expected = lora_grads()
+    calls = []
+    monkeypatch.setattr(fa, "supported", lambda *a: calls.append(fa.fits(*a)) or calls[-1])
+    got = lora_grads()
+    assert calls and all(calls), "every UNet attention took the fused path"
+    scale = max(np.abs(e).max() for e in expected)  # (self-attention over one token has zero q/k gradients)
+    errors = [np.abs(g - e).max() / scale for g, e in zip(got, expected)]
+    assert max(errors) < 1e-4, f"largest relative error of a LoRA gradient: {max(errors):.2e}"

@@ -12,9 +12,13 @@ instead of the naive form's O(N²) scores.
 * CUDA float32: plain FMA (no tensor cores, no TF32 rounding), two threads per query row.
 * CPU: the same online-softmax loop over key tiles in C++, so the algorithm is checked in CI.
 
-Forward only (no gradient source): :func:`supported` is the dispatch rule that
-``styleblend.models.attention.scaled_dot_product_attention`` uses, which keeps the naive form for CPU,
-training, masks and other shapes. ``STYLEBLEND_FUSED_ATTENTION=0`` switches the dispatch off (for A/B timings).
+Backward (training): :class:`_FusedAttention` keeps only q, k, v and the output, and its gradient recomputes the
+probabilities for blocks of queries (:func:`attention_backward`, plain Jittor matrix products; the
+flash-attention identity dS = P ∘ (dP − rowsum(dO ∘ O))), so no N² score matrix outlives one block.
+
+:func:`supported` is the dispatch rule that ``styleblend.models.attention.scaled_dot_product_attention`` uses,
+which keeps the naive form for CPU, masks and other shapes. ``STYLEBLEND_FUSED_ATTENTION=0`` switches the
+dispatch off (for A/B timings).
 """
 from __future__ import annotations
 
@@ -22,13 +26,15 @@ import math
 import os
 from typing import Optional
 
-from ..backend import jt
+from ..backend import jt, nn
 
 from ..errors import ConfigError
+from .ops import permute
 
 BLOCK_KEYS = 64  # keys per tile (CPU and float16 kernels; the float32 kernel uses 32)
 MAX_HEAD_DIM = 128
 DTYPES = ("float16", "float32")
+BACKWARD_BLOCK_BYTES = 256 * 2**20  # float32 probabilities of one query block in the backward pass
 enabled = os.environ.get("STYLEBLEND_FUSED_ATTENTION", "1") != "0"
 
 CUDA_HEADER = r"""
@@ -342,9 +348,8 @@ def head_dim_ok(d: int) -> bool:
 
 
 def fits(q: jt.Var, k: jt.Var, v: jt.Var, mask: Optional[jt.Var] = None) -> bool:
-    """Everything of the dispatch rule but the device: no mask, no gradient needed, shapes and dtype."""
-    needs_grad = not jt.flags.no_grad and any(x.requires_grad for x in (q, k, v))
-    if mask is not None or needs_grad:
+    """Everything of the dispatch rule but the device: no mask, shapes and dtype."""
+    if mask is not None:
         return False
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or k.shape != v.shape:
         return False
@@ -358,17 +363,61 @@ def supported(q: jt.Var, k: jt.Var, v: jt.Var, mask: Optional[jt.Var] = None) ->
     return bool(jt.flags.use_cuda) and enabled and fits(q, k, v, mask)
 
 
-def fused_attention(q: jt.Var, k: jt.Var, v: jt.Var, warps: int = 4) -> jt.Var:
-    """softmax(q kᵀ / sqrt(d)) v for [B, H, Nq, d] queries and [B, H, Nk, d] keys/values; forward only.
+def fused_attention(q: jt.Var, k: jt.Var, v: jt.Var, warps: int = 4, block_rows: int = 0) -> jt.Var:
+    """softmax(q kᵀ / sqrt(d)) v for [B, H, Nq, d] queries and [B, H, Nk, d] keys/values.
 
     Runs the CUDA kernel when ``jt.flags.use_cuda`` is on, else the C++ loop. ``warps`` (float16 on CUDA, 4 or 8):
-    warps per block, 16 queries each.
+    warps per block, 16 queries each. Differentiable: the gradient recomputes the probabilities in blocks of
+    ``block_rows`` queries (0 = as many as fit :data:`BACKWARD_BLOCK_BYTES`).
     """
-    b, h, nq, d = q.shape
-    nk = k.shape[2]
+    d = q.shape[-1]
     if not head_dim_ok(d) or str(q.dtype) not in DTYPES:
         raise ConfigError(f"fused attention: head dim {d} / dtype {q.dtype} not supported "
                           f"(multiples of 8 up to {MAX_HEAD_DIM}; {', '.join(DTYPES)})")
+    return _FusedAttention(warps, block_rows)(q, k, v)
+
+
+class _FusedAttention(jt.Function):
+    """The fused forward, saving q, k, v and the output; the gradient is :func:`attention_backward`."""
+
+    def __init__(self, warps: int, block_rows: int):
+        self.warps, self.block_rows = warps, block_rows
+
+    def execute(self, q: jt.Var, k: jt.Var, v: jt.Var) -> jt.Var:
+        self.saved = (q, k, v, _forward(q, k, v, self.warps))
+        return self.saved[-1]
+
+    def grad(self, dout: jt.Var):
+        q, k, v, out = self.saved
+        b, h, _, _ = q.shape
+        rows = self.block_rows or max(16, BACKWARD_BLOCK_BYTES // (4 * b * h * k.shape[2]))
+        return attention_backward(q, k, v, out, dout, rows)
+
+
+def attention_backward(q: jt.Var, k: jt.Var, v: jt.Var, out: jt.Var, dout: jt.Var, rows: int):
+    """(dq, dk, dv) of softmax(q kᵀ / sqrt(d)) v, recomputing the probabilities ``rows`` queries at a time.
+
+    Per block: P = softmax(S), dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − rowsum(dO ∘ O)), dQ = dS K / sqrt(d),
+    dK += dSᵀ Q / sqrt(d). Softmax and the dK/dV sums in float32; products in the inputs' dtype.
+    """
+    dtype, scale = q.dtype, q.shape[-1] ** -0.5
+    k_t, v_t = permute(k, (0, 1, 3, 2)), permute(v, (0, 1, 3, 2))
+    delta = (dout.float32() * out.float32()).sum(-1, keepdims=True)
+    dq, dk, dv = [], jt.zeros(k.shape, "float32"), jt.zeros(v.shape, "float32")
+    for i in range(0, q.shape[2], rows):
+        q_i, do_i = q[:, :, i:i + rows], dout[:, :, i:i + rows]
+        p = nn.softmax((jt.matmul(q_i, k_t) * scale).float32(), dim=-1)
+        dv = dv + jt.matmul(permute(p, (0, 1, 3, 2)).cast(dtype), do_i).float32()
+        ds = p * (jt.matmul(do_i, v_t).float32() - delta[:, :, i:i + rows])
+        dq.append(jt.matmul(ds.cast(dtype), k).float32() * scale)
+        dk = dk + jt.matmul(permute(ds, (0, 1, 3, 2)).cast(dtype), q_i).float32() * scale
+    return jt.concat(dq, dim=2).cast(dtype), dk.cast(dtype), dv.cast(dtype)
+
+
+def _forward(q: jt.Var, k: jt.Var, v: jt.Var, warps: int) -> jt.Var:
+    """The kernel launch (CUDA, else the C++ loop) on [B, H, N, d] inputs."""
+    b, h, nq, d = q.shape
+    nk = k.shape[2]
     q3, k3, v3 = (x.reshape(b * h, n, d) for x, n in ((q, nq), (k, nk), (v, nk)))
     scale = f"{d ** -0.5 * math.log2(math.e):.9e}"
     if str(q.dtype) == "float16":
