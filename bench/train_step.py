@@ -1,7 +1,8 @@
 """Training step times at the recipe's 768² (batch 1) for the three trainings, and the minutes one style costs:
 textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
 UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
-STYLEBLEND_FUSED_ATTENTION=0 switches the fused attention (forward kernel + blockwise backward) off for a before/after.
+STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention (forward kernel + blockwise backward) instead of
+the naive form.
 
     STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
 Prints one JSON line (random weights: timings valid).
@@ -56,7 +57,7 @@ def main() -> None:
                               lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt, te_lora), rng)),
     }
     result = {"dtype": a.dtype, "resolution": recipe.fine.resolution, "device": gpu_name(),
-              "fused_attention": fused_attention.enabled}
+              "fused_backward": fused_attention.enabled and fused_attention.backward_enabled}
     with GpuPeak() as peak:
         for name, (params, loss_fn) in jobs.items():
             fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up")

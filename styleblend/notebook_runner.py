@@ -180,7 +180,8 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
         load_recipe(recipe)  # a bad file fails here, naming the file and key, not in every notebook
     tiny = not model
     # PYTHONFAULTHANDLER: a kernel that dies of a signal (a crash in compiled code) prints its Python stack
-    env = dict(os.environ, STYLEBLEND_QUIET="1", PYTHONFAULTHANDLER="1", **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
+    env = dict(os.environ, STYLEBLEND_QUIET="1", PYTHONFAULTHANDLER="1",
+               **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
     if tiny:
         echo(TINY_MODEL_BANNER)
     params = {"set_name": set_name, "data_root": Path(data_root).resolve(), "results_root": Path(results_root).resolve(),

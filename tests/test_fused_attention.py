@@ -45,9 +45,10 @@ def test_unsupported_head_dim_is_refused():
         fa.fused_attention(*qkv(1, 1, 4, 4, 12))
 
 
-def test_dispatch_rule():
+def test_dispatch_rule(monkeypatch):
     q, k, v = qkv(1, 2, 8, 5, 64)
-    assert fa.fits(q, k, v)  # training too: the fused attention has a backward
+    assert not fa.fits(q, k, v)  # plain Vars require grad: training keeps the naive path unless asked
+    assert fa.fits(q.stop_grad(), k.stop_grad(), v.stop_grad())
     with jt.no_grad():
         assert fa.fits(q, k, v)
         assert not fa.fits(q, k, v, mask=jt.zeros((8, 5)))
@@ -56,6 +57,8 @@ def test_dispatch_rule():
         assert not fa.fits(q.float64(), k.float64(), v.float64())
         assert not fa.fits(q, k[:, :, :, :32], v[:, :, :, :32])
         assert not fa.supported(q, k, v)  # CUDA is off in CI: the naive path runs
+    monkeypatch.setattr(fa, "backward_enabled", True)  # STYLEBLEND_FUSED_BACKWARD=1
+    assert fa.fits(q, k, v)
 
 
 @pytest.mark.parametrize("dtype, block_rows, tol", [
@@ -97,6 +100,7 @@ def test_unet_lora_gradients_are_the_same_through_the_fused_path(tmp_path, monke
 
     expected = lora_grads()
     calls = []
+    monkeypatch.setattr(fa, "backward_enabled", True)
     monkeypatch.setattr(fa, "supported", lambda *a: calls.append(fa.fits(*a)) or calls[-1])
     got = lora_grads()
     assert calls and all(calls), "every UNet attention took the fused path"

@@ -36,7 +36,7 @@ def scaled_dot_product_attention(q: jt.Var, k: jt.Var, v: jt.Var, upcast: bool =
     """softmax(q kᵀ / sqrt(d) + mask) v over [B, H, N, D] inputs; softmax always in float32.
 
     ``mask`` (optional, float32) is added to the scores, e.g. a large negative number above the diagonal
-    for CLIP's causal attention. On CUDA, without a mask, the fused kernel and its blockwise backward run instead
+    for CLIP's causal attention. On CUDA, for inference without a mask, the fused kernel runs instead
     (``fused_attention.supported`` is the rule; its scores are float32 either way, as ``upcast`` asks).
     """
     if fused_attention.supported(q, k, v, mask):

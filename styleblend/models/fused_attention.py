@@ -12,13 +12,15 @@ instead of the naive form's O(N²) scores.
 * CUDA float32: plain FMA (no tensor cores, no TF32 rounding), two threads per query row.
 * CPU: the same online-softmax loop over key tiles in C++, so the algorithm is checked in CI.
 
-Backward (training): :class:`_FusedAttention` keeps only q, k, v and the output, and its gradient recomputes the
+Backward: :class:`_FusedAttention` keeps only q, k, v and the output, and its gradient recomputes the
 probabilities for blocks of queries (:func:`attention_backward`, plain Jittor matrix products; the
-flash-attention identity dS = P ∘ (dP − rowsum(dO ∘ O))), so no N² score matrix outlives one block.
+flash-attention identity dS = P ∘ (dP − rowsum(dO ∘ O))), so no N² score matrix outlives one block. Measured on
+an H100 (docs/performance.md) it trains 25–35 % slower than the naive form and lowers the peak by only 5 GB, so
+training uses it only when asked: ``STYLEBLEND_FUSED_BACKWARD=1``.
 
 :func:`supported` is the dispatch rule that ``styleblend.models.attention.scaled_dot_product_attention`` uses,
-which keeps the naive form for CPU, masks and other shapes. ``STYLEBLEND_FUSED_ATTENTION=0`` switches the
-dispatch off (for A/B timings).
+which keeps the naive form for CPU, masks, other shapes and (unless asked) training. ``STYLEBLEND_FUSED_ATTENTION=0``
+switches the dispatch off (for A/B timings).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ MAX_HEAD_DIM = 128
 DTYPES = ("float16", "float32")
 BACKWARD_BLOCK_BYTES = 256 * 2**20  # float32 probabilities of one query block in the backward pass
 enabled = os.environ.get("STYLEBLEND_FUSED_ATTENTION", "1") != "0"
+backward_enabled = os.environ.get("STYLEBLEND_FUSED_BACKWARD", "0") == "1"
 
 CUDA_HEADER = r"""
 #include <mma.h>
@@ -348,8 +351,10 @@ def head_dim_ok(d: int) -> bool:
 
 
 def fits(q: jt.Var, k: jt.Var, v: jt.Var, mask: Optional[jt.Var] = None) -> bool:
-    """Everything of the dispatch rule but the device: no mask, shapes and dtype."""
-    if mask is not None:
+    """Everything of the dispatch rule but the device: no mask, no gradient needed (unless
+    :data:`backward_enabled`), shapes and dtype."""
+    needs_grad = not jt.flags.no_grad and any(x.requires_grad for x in (q, k, v))
+    if mask is not None or (needs_grad and not backward_enabled):
         return False
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or k.shape != v.shape:
         return False
