@@ -1,7 +1,8 @@
 """Training step times at the recipe's 768² (batch 1) for the three trainings, and the minutes one style costs:
 textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
 UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
-STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention (forward kernel + blockwise backward) instead of
+--dtype float16 = the recipe's `precision: float16` (UNet and VAE weights in float16, the text encoder and every
+trained parameter in float32, the loss scaled). STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention (forward kernel + blockwise backward) instead of
 the naive form.
 
     STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
@@ -27,7 +28,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     a = p.parse_args()
     jt = start(0)
-    from styleblend.coarse import denoising_loss, fit
+    from styleblend.coarse import denoising_loss, fit, loss_scale
     from styleblend.config import load_recipe
     from styleblend.loading import load_sd, write_random_sd
     from styleblend.models import fused_attention
@@ -60,10 +61,10 @@ def main() -> None:
               "fused_backward": fused_attention.enabled and fused_attention.backward_enabled}
     with GpuPeak() as peak:
         for name, (params, loss_fn) in jobs.items():
-            fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up")
+            fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up", scale=loss_scale(sd))
             jt.sync_all(True)
             t0 = time.perf_counter()
-            fit(params, loss_fn, a.steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, name)
+            fit(params, loss_fn, a.steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, name, scale=loss_scale(sd))
             jt.sync_all(True)
             result[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000 / a.steps, 1)
     steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,

@@ -103,7 +103,7 @@ def _run_stage(args) -> None:
         return
     styles = select_styles(paths.data_root, _styles(args.styles))
     recipe = load_recipe(args.config, smoke=args.smoke)
-    sd = load_sd(resolve_model(args.model))
+    sd = load_sd(resolve_model(args.model), dtype=recipe.precision)
     for style in styles:
         style_data = load_style(paths.data_root, style)
         if args.command == "sdedit":

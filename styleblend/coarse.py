@@ -35,6 +35,7 @@ from .tokens import add_token, set_token_row
 
 Selector = Callable[[Image.Image, List[Image.Image]], Sequence[float]]
 Moments = Tuple[np.ndarray, np.ndarray]  # VAE posterior mean and std of one image, [1, 4, h, w]
+FLOAT16_LOSS_SCALE = 1024.0  # float16 UNet weights: loss multiplier for the backward pass (see loss_scale)
 
 
 @dataclass
@@ -166,21 +167,30 @@ def denoising_loss(sd, latents: jt.Var, context: jt.Var, rng: np.random.Generato
     return jt.nn.mse_loss(prediction.float32(), sd.scheduler.training_target(latents, noise, t).float32())
 
 
+def loss_scale(sd) -> float:
+    """The loss scale for training through ``sd``'s UNet: 1 with float32 weights, :data:`FLOAT16_LOSS_SCALE` with
+    float16 ones (a mean over 4×96×96 latents puts the backward's float16 gradients near float16's smallest
+    normal number, 6e-5)."""
+    return FLOAT16_LOSS_SCALE if sd.unet.dtype == "float16" else 1.0
+
+
 def fit(params: List[jt.Var], loss_fn: Callable[[int], jt.Var], steps: int, lr: float, betas, weight_decay: float,
         eps: float, desc: str, lr_factor: Callable[[int], float] = lambda step: 1.0,
-        after_step: Optional[Callable[[], None]] = None) -> List[float]:
+        after_step: Optional[Callable[[], None]] = None, scale: float = 1.0) -> List[float]:
     """AdamW on ``params`` for ``steps`` steps of ``loss_fn(step)``; step ``s`` uses ``lr * lr_factor(s)``.
 
     ``after_step`` runs after every update (textual inversion restores the other embedding rows there).
-    Returns the loss of every step.
+    ``scale`` (:func:`loss_scale`) multiplies the loss before the backward pass; AdamW's step with gradients and
+    ``eps`` both multiplied by it is the same step, so nothing is unscaled. Returns the (unscaled) loss of every
+    step.
     """
-    optimizer = jt.optim.AdamW(params, lr=lr, eps=eps, betas=tuple(betas), weight_decay=weight_decay)
+    optimizer = jt.optim.AdamW(params, lr=lr, eps=eps * scale, betas=tuple(betas), weight_decay=weight_decay)
     losses = []
     bar = progress(range(steps), desc=desc)
     for step in bar:
         optimizer.lr = lr * lr_factor(step)
         loss = loss_fn(step)
-        optimizer.step(loss)
+        optimizer.step(loss * scale)
         if after_step is not None:
             after_step()
         losses.append(float(loss.item()))
@@ -267,7 +277,7 @@ def train_coarse(sd, style_data: StyleData, sdedit: Union[SDEditResult, Dict[str
 
     with unet_lora_scale(sd.unet, 0.0):
         losses = fit(lora_parameters(text_encoder), loss_at, cfg.steps, cfg.lr, cfg.betas, cfg.weight_decay,
-                     cfg.eps, desc="coarse style")
+                     cfg.eps, desc="coarse style", scale=loss_scale(sd))
     row = text_encoder.token_embedding_weight[sd.tokenizer.convert_tokens_to_ids(cfg.token)].numpy()
     files = [ckpt.save_embedding("coarse_embeds", cfg.token, cfg.init_token, row, force),
              ckpt.save_lora("text_encoder_lora", text_encoder, cfg.lora_targets, force),

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .io import load_yaml, save_yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+PRECISIONS = ("float32", "float16")
 NUM_SELF_ATTN_LAYERS = 16  # SD 2.x UNet transformer blocks, numbered down 0-5, mid 6, up 7-15
 
 Problems = Iterator[tuple[str, str]]  # (field name, what is wrong)
@@ -165,8 +166,10 @@ class BlendConfig:
 
 @dataclass
 class Recipe:
-    """The whole method's settings; ``seed`` seeds training and SDEdit draws."""
+    """The whole method's settings; ``seed`` seeds training and SDEdit draws; ``precision`` is the dtype of the
+    UNet's and VAE's weights (``styleblend.loading.load_sd``)."""
     seed: int
+    precision: str
     sdedit: SDEditConfig
     coarse: CoarseConfig
     fine: FineConfig
@@ -175,6 +178,8 @@ class Recipe:
     def _problems(self) -> Problems:
         if self.seed < 0:
             yield "seed", "must be >= 0"
+        if self.precision not in PRECISIONS:
+            yield "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
 
     def to_dict(self) -> dict:
         """Plain nested dicts and lists, as in ``recipe.yaml``."""

@@ -24,8 +24,8 @@ from PIL import ImageOps
 from .backend import jt
 
 from .checkpoints import STAGES, StyleCheckpoint
-from .coarse import (denoising_loss, encode_moments, epoch_order, fit, plain_config, sample_latents, seed_lora,
-                     unet_lora_scale)
+from .coarse import (denoising_loss, encode_moments, epoch_order, fit, loss_scale, plain_config, sample_latents,
+                     seed_lora, unet_lora_scale)
 from .config import FineConfig, format_prompt
 from .data import StyleData
 from .errors import ConfigError
@@ -104,7 +104,7 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
         ti_losses = fit([text_encoder.token_embedding_weight], ti_loss, cfg.ti_steps, cfg.ti_lr, cfg.ti_betas,
                         cfg.weight_decay, cfg.eps, desc=f"textual inversion {cfg.token}",
                         lr_factor=lambda s: cfg.ti_decay ** (s // cfg.ti_decay_every),
-                        after_step=keep_only_row(text_encoder.token_embedding_weight, token_id))
+                        after_step=keep_only_row(text_encoder.token_embedding_weight, token_id), scale=loss_scale(sd))
 
     with jt.no_grad():  # the text encoder is frozen from here on: one context per caption
         contexts = encode_prompt(sd, prompts, text_encoder).numpy()
@@ -119,7 +119,7 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
         with unet_lora_scale(sd.unet, 1.0):
             lora_losses = fit(lora_parameters(sd.unet), lora_loss, cfg.lora_steps, cfg.lora_lr, cfg.lora_betas,
                               cfg.weight_decay, cfg.eps, desc="fine style UNet LoRA",
-                              lr_factor=lambda s: 0.5 ** (s // cfg.lora_halve_every))
+                              lr_factor=lambda s: 0.5 ** (s // cfg.lora_halve_every), scale=loss_scale(sd))
         row = text_encoder.token_embedding_weight[token_id].numpy()
         files = [ckpt.save_embedding("fine_embeds", cfg.token, cfg.init_token, row, force),
                  ckpt.save_lora("unet_lora", sd.unet, cfg.lora_targets, force),

@@ -81,7 +81,8 @@ def load_sd(path_or_repo_id: Union[str, Path, None] = None, dtype: str = "float3
 
     ``None`` / ``"tiny"`` is the embedded tiny model. Weights come from ``<stem>.safetensors``, else from the
     ``<stem>.fp16.safetensors`` variant; ``variant="fp16"`` reads only the latter. ``dtype`` is the dtype of
-    the loaded parameters (``"float32"`` or ``"float16"``), whatever the files hold.
+    the UNet's and the VAE's parameters (``"float32"`` or ``"float16"``), whatever the files hold; the text encoder
+    stays float32: it holds the learned token rows and LoRA, and runs once per prompt.
     """
     _check_dtype(dtype)
     if variant not in (None, "fp16"):
@@ -90,7 +91,8 @@ def load_sd(path_or_repo_id: Union[str, Path, None] = None, dtype: str = "float3
     _check_index(root)
     from .schedulers import DDIMScheduler
 
-    models = {name: _load_model(root / name, name, dtype, variant) for name in MODELS}
+    models = {name: _load_model(root / name, name, "float32" if name == "text_encoder" else dtype, variant)
+              for name in MODELS}
     scheduler_config = root / "scheduler" / "scheduler_config.json"
     scheduler = _from_config(DDIMScheduler, _read_json(scheduler_config), scheduler_config)
     return StableDiffusion(tokenizer=_load_tokenizer(root / "tokenizer"), scheduler=scheduler,

@@ -126,7 +126,7 @@ def reproduce(set_name: str, data_root, results_root, checkpoints_root, styles: 
     paths = SetPaths(set_name, Path(data_root), Path(results_root), Path(checkpoints_root))
     chosen = select_styles(paths.data_root, styles)
     recipe = load_recipe(config, smoke=smoke)
-    sd = load_sd(resolve_model(model))
+    sd = load_sd(resolve_model(model), dtype=recipe.precision)
     if model in (None, "", "tiny"):
         echo("NOTE: using the embedded tiny model with random weights — the images show the pipeline, not a style.")
     summaries = []

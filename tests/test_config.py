@@ -85,6 +85,7 @@ def test_user_file_overrides_part_of_the_recipe(tmp_path):
     ("blend:\n  params:\n    f2c_ratio: 1.2\n", ["mine.yaml", "blend.params.f2c_ratio"]),
     ("fine:\n  prompt_template: 'A {caption}.'\n", ["mine.yaml", "fine.prompt_template", "{token}"]),
     ("coarse:\n  token: 'two words'\n", ["mine.yaml", "coarse.token"]),
+    ("precision: bfloat16\n", ["mine.yaml", "precision", "float16"]),
 ])
 def test_bad_user_file_names_file_and_key(tmp_path, text, words):
     user = write(tmp_path / "mine.yaml", text)

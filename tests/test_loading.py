@@ -158,6 +158,8 @@ def test_fp16_variant_files(sd, tiny, tmp_path):
     for key, value in _params(sd.vae).items():
         np.testing.assert_array_equal(_params(as32.vae)[key], value.astype(np.float16).astype(np.float32))
         assert _params(as16.vae)[key].dtype == np.float16
+    assert as16.unet.dtype == "float16" and as16.dtype == "float16"
+    assert {str(v.dtype) for v in _params(as16.text_encoder).values()} == {"float32"}, "the text encoder stays float32"
 
     both = _copy(tiny, tmp_path)  # fp32 and fp16 files side by side: fp32 unless variant="fp16"
     for fp16_file in half.glob("*/*.fp16.safetensors"):
