@@ -56,35 +56,41 @@ def test_failure_stops_its_style_only_and_rerun_resumes(tmp_path, fake_notebooks
     assert len(skipped) == 4, "notebooks that were ok are not run again"
 
 
-def test_a_recipe_file_reaches_every_notebook_and_a_bad_one_stops_before_any(tmp_path):
+def _one_notebook(tmp_path, name, body):
+    """A notebooks folder holding only ``name``, whose second cell is ``body``."""
     folder = tmp_path / "nbs"
     folder.mkdir()
-    _notebook(folder / "00_recipe.ipynb", "from styleblend.config import load_recipe\n"
-                                          "print('ti_steps', load_recipe(recipe_file or None).fine.ti_steps)")
+    _notebook(folder / name, body)
+    return folder
+
+
+def _run(tmp_path, styles, folder, **options):
+    """run_notebooks quietly for set "demo", outputs in ``tmp_path / "outputs"``."""
+    return run_notebooks("demo", tmp_path, styles, tmp_path / "r", tmp_path / "c", tmp_path / "outputs",
+                         folder=folder, echo=lambda _: None, **options)
+
+
+def test_a_recipe_file_reaches_every_notebook_and_a_bad_one_stops_before_any(tmp_path):
+    folder = _one_notebook(tmp_path, "00_recipe.ipynb", "from styleblend.config import load_recipe\n"
+                           "print('ti_steps', load_recipe(recipe_file or None).fine.ti_steps)")
     recipe = tmp_path / "short.yaml"
     recipe.write_text("fine: {ti_steps: 7}\n")
     out = tmp_path / "outputs"
-    rows = run_notebooks("demo", tmp_path, ["a"], tmp_path / "r", tmp_path / "c", out, folder=folder,
-                         echo=lambda _: None, recipe=str(recipe))
+    rows = _run(tmp_path, ["a"], folder, recipe=str(recipe))
     assert [r.status for r in rows] == ["ok"]
     assert "ti_steps 7" in (out / "notebooks" / "a" / "00_recipe.ipynb").read_text()
 
     recipe.write_text("fine: {ti_stepz: 7}\n")
     with pytest.raises(ConfigError, match="ti_stepz"):
-        run_notebooks("demo", tmp_path, ["b"], tmp_path / "r", tmp_path / "c", out, folder=folder,
-                      echo=lambda _: None, recipe=str(recipe))
+        _run(tmp_path, ["b"], folder, recipe=str(recipe))
     assert not (out / "notebooks" / "b").exists()
 
 
 def test_a_crashed_kernel_leaves_its_python_stack_in_a_log(tmp_path):
-    folder = tmp_path / "nbs"
-    folder.mkdir()
-    _notebook(folder / "00_crash.ipynb", "import ctypes\ndef read_address_zero():\n    ctypes.string_at(0)\n"
-                                         "read_address_zero()")
-    out = tmp_path / "outputs"
-    [row] = run_notebooks("demo", tmp_path, ["a"], tmp_path / "r", tmp_path / "c", out, folder=folder,
-                          echo=lambda _: None)
-    log = out / "notebooks" / "a" / "00_crash.log"
+    folder = _one_notebook(tmp_path, "00_crash.ipynb", "import ctypes\ndef read_address_zero():\n"
+                           "    ctypes.string_at(0)\nread_address_zero()")
+    [row] = _run(tmp_path, ["a"], folder)
+    log = tmp_path / "outputs" / "notebooks" / "a" / "00_crash.log"
     assert row.status == "failed" and str(log) in row.message
     text = log.read_text()
     assert "Segmentation fault" in text and "read_address_zero" in text, text[-2000:]
