@@ -2,8 +2,8 @@
 textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
 UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
 --dtype float16 = the recipe's `precision: float16` (UNet and VAE weights in float16, the text encoder and every
-trained parameter in float32, the loss scaled). STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention (forward kernel + blockwise backward) instead of
-the naive form.
+trained parameter in float32, the loss scaled). STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention
+(forward kernel + blockwise backward) instead of the naive form.
 
     STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
 Prints one JSON line (random weights: timings valid).
