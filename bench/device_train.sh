@@ -5,8 +5,9 @@
 #
 # The job: the attention gradients (bench/attention.py --backward: errors and ms, float32 and float16); the three
 # training steps (bench/train_step.py, float32) through the naive attention, the fused one
-# (STYLEBLEND_FUSED_BACKWARD=1) and the naive one again (the first process on a fresh machine reads slow); then `make reproduce` of one style with the reduced
-# recipe (bench/recipes/scale_out.yaml), whose report goes to the log. Carried: .whl/ and .device/B/<style>/.
+# (STYLEBLEND_FUSED_BACKWARD=1) and the naive one again (the first process on a fresh machine reads slow); then
+# `make reproduce` of one style with the reduced recipe (bench/recipes/scale_out.yaml), whose report goes to the
+# log. Carried: .whl/ and .device/B/<style>/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_setup.sh

@@ -40,9 +40,9 @@ def trimmed_set(source: Path, styles, prompts: int, dest: Path) -> Path:
 def make_reproduce(work: Path, set_name: str, data: Path, styles, gpus: str, jobs: int, model: str,
                    recipe: str) -> float:
     """Seconds of one `make -j<jobs> reproduce` into ``work``; raises if a style failed."""
-    cmd = ["make", f"-j{jobs}", "--no-print-directory", "reproduce", f"PY={sys.executable}", f"SET={set_name}", f"DATA={data}",
-           f"STYLES={' '.join(styles)}", f"GPUS={gpus}", f"OUTPUTS={work / 'outputs'}", f"RESULTS={work / 'result'}",
-           f"CHECKPOINTS={work / 'checkpoints'}", f"MODEL={model}", f"RECIPE={recipe}"]
+    cmd = ["make", f"-j{jobs}", "--no-print-directory", "reproduce", f"PY={sys.executable}", f"SET={set_name}",
+           f"DATA={data}", f"STYLES={' '.join(styles)}", f"GPUS={gpus}", f"OUTPUTS={work / 'outputs'}",
+           f"RESULTS={work / 'result'}", f"CHECKPOINTS={work / 'checkpoints'}", f"MODEL={model}", f"RECIPE={recipe}"]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - start

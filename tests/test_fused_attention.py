@@ -84,10 +84,11 @@ def test_unet_lora_gradients_are_the_same_through_the_fused_path(tmp_path, monke
     """Training through the whole (tiny) UNet: the fused forward + blockwise backward, forced on here on the CPU,
     gives the LoRA gradients of the naive attention."""
     from styleblend import loading
+    from styleblend.config import load_recipe
     from styleblend.models.lora import add_lora, lora_parameters
 
     sd = loading.load_sd(loading.write_tiny_sd(tmp_path / "tiny-sd", seed=0))
-    add_lora(sd.unet, ["to_q", "to_k", "to_v", "to_out.0"], 4, 4)
+    add_lora(sd.unet, load_recipe(smoke=True).fine.lora_targets, 4, 4)
     params = lora_parameters(sd.unet)
     for i, p in enumerate(params):  # LoRA's up-projection starts at zero: give every factor a gradient
         p.assign(jt.array(np.random.default_rng(i).standard_normal(p.shape).astype("float32") * 0.1))
