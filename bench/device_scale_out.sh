@@ -29,3 +29,6 @@ fi
 source bench/device_background.sh
 background scale_out "${1:?usage: bench/device_scale_out.sh SECONDS smoke|reduced ...}" \
   bash -c 'for r in "$@"; do bash bench/device_scale_out.sh --now "$r" || exit 1; done' recipes "${@:2}"
+# a failed notebook's papermill log (kernel stderr included), kept by the runner beside it
+find /tmp/scale_out_* -path '*/outputs/notebooks/*' -name '*.log' -exec cp --parents {} "${OUT:-.device/out}" \; \
+  2>/dev/null
