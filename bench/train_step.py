@@ -6,7 +6,8 @@ trained parameter in float32, the loss scaled). STYLEBLEND_FUSED_BACKWARD=1 trai
 (forward kernel + blockwise backward) instead of the naive form.
 
     STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
-Prints one JSON line (random weights: timings valid).
+Prints one JSON line (random weights: timings valid); ``<training>_finite`` = its losses and trained parameters
+stayed finite (a float16 overflow would show there).
 """
 from __future__ import annotations
 
@@ -21,11 +22,33 @@ from unet_step import GpuPeak, gpu_name
 from styleblend.runtime import start
 
 
+def costliest(report, n: int) -> list:
+    """The ``n`` costliest rows of a Jittor profile as [ms, count, "op.kind+op.kind… dtype"]."""
+    head, rows = report[0], report[1:]
+    total, count, name = head.index("TotalTime"), head.index("Count"), head.index("Name")
+    rows = sorted(rows, key=lambda r: -float(r[total]))[:n]
+    return [[round(float(r[total]) / 1e6, 2), int(r[count]), op_label(r[name])] for r in rows]
+
+
+def op_label(key: str) -> str:
+    """``«opkey0:binary«Tx:float16«OP:multiply«opkey1:reduce…`` → ``binary.multiply+reduce… float16``."""
+    ops, dtype = [], ""
+    for part in key.split("«"):
+        if part.startswith("opkey"):
+            ops.append(part.split(":", 1)[1])
+        elif part.startswith("OP:") and ops:
+            ops[-1] += "." + part[3:]
+        elif part.startswith("Tx:") and not dtype:
+            dtype = part[3:]
+    return ("+".join(ops) or key[:60]) + " " + dtype
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="/tmp/sd21-random")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float32")
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--profile", type=int, default=0, help="also list each training's N costliest fused ops")
     a = p.parse_args()
     jt = start(0)
     from styleblend.coarse import denoising_loss, fit, loss_scale
@@ -64,9 +87,16 @@ def main() -> None:
             fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up", scale=loss_scale(sd))
             jt.sync_all(True)
             t0 = time.perf_counter()
-            fit(params, loss_fn, a.steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, name, scale=loss_scale(sd))
+            losses = fit(params, loss_fn, a.steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, name, scale=loss_scale(sd))
             jt.sync_all(True)
             result[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000 / a.steps, 1)
+            if a.profile:
+                with jt.profile_scope() as report:
+                    fit(params, loss_fn, 1, 1e-4, (0.9, 0.999), 0.0, 1e-8, name, scale=loss_scale(sd))
+                    jt.sync_all(True)
+                result[f"{name}_top_ops"] = costliest(report, a.profile)
+            result[f"{name}_finite"] = bool(np.isfinite(losses).all()
+                                            and all(np.isfinite(q.numpy()).all() for q in params))
     steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
              "text_encoder_lora": recipe.coarse.steps}
     result["training_minutes"] = round(sum(result[f"{k}_ms"] * n for k, n in steps.items()) / 60000, 1)
