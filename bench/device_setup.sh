@@ -6,7 +6,10 @@ export PYTHONPATH=/tmp/jt:$PWD STYLEBLEND_DEVICE=cuda STYLEBLEND_QUIET=1 PYTHONU
 if [ ! -e /tmp/jt/.ready ]; then
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/jt \
     .whl/*.whl .whl/jittor-*.tar.gz .whl/nb/*.whl || exit 1
-  python3 -m styleblend.gpu_setup || exit 1
+  # its report (the patches it applied) goes to a file: a short reply is read sooner, and a device machine stays
+  # warm for only 30 s after a call
+  python3 -m styleblend.gpu_setup > /tmp/gpu_setup.log || { cat /tmp/gpu_setup.log; exit 1; }
+  tail -n 1 /tmp/gpu_setup.log
   python3 -c "import styleblend.backend" >/dev/null || exit 1   # Jittor's core compile (minutes)
   touch /tmp/jt/.ready
 fi
