@@ -84,16 +84,18 @@ def main() -> None:
               "fused_backward": fused_attention.enabled and fused_attention.backward_enabled}
     with GpuPeak() as peak:
         for name, (params, loss_fn) in jobs.items():
-            fit(params, loss_fn, 2, 1e-4, (0.9, 0.999), 0.0, 1e-8, f"{name} warm-up", scale=loss_scale(sd))
-            jt.sync_all(True)
+            def train(steps: int, desc: str) -> list:
+                losses = fit(params, loss_fn, steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, desc, scale=loss_scale(sd))
+                jt.sync_all(True)
+                return losses
+
+            train(2, f"{name} warm-up")
             t0 = time.perf_counter()
-            losses = fit(params, loss_fn, a.steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, name, scale=loss_scale(sd))
-            jt.sync_all(True)
+            losses = train(a.steps, name)
             result[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000 / a.steps, 1)
             if a.profile:
                 with jt.profile_scope() as report:
-                    fit(params, loss_fn, 1, 1e-4, (0.9, 0.999), 0.0, 1e-8, name, scale=loss_scale(sd))
-                    jt.sync_all(True)
+                    train(1, f"{name} profiled")
                 result[f"{name}_top_ops"] = costliest(report, a.profile)
             result[f"{name}_finite"] = bool(np.isfinite(losses).all()
                                             and all(np.isfinite(q.numpy()).all() for q in params))
