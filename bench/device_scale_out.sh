@@ -29,6 +29,10 @@ fi
 source bench/device_background.sh
 background scale_out "${1:?usage: bench/device_scale_out.sh SECONDS smoke|reduced ...}" \
   bash -c 'for r in "$@"; do bash bench/device_scale_out.sh --now "$r" || exit 1; done' recipes "${@:2}"
-# a failed notebook's papermill log (kernel stderr included), kept by the runner beside it
-find /tmp/scale_out_* -path '*/outputs/notebooks/*' -name '*.log' -exec cp --parents {} "${OUT:-.device/out}" \; \
-  2>/dev/null
+# a failed notebook's papermill log (kernel stderr included), kept by the runner beside it; copied flat, named
+# by its path (scale_out_reduced_serial_outputs_notebooks_00_02_coarse_style.log): files in $OUT come back only
+# from at most two folders down
+find /tmp/scale_out_* -path '*/outputs/notebooks/*' -name '*.log' 2>/dev/null | while read -r log; do
+  name=${log#/tmp/}
+  cp "$log" "${OUT:-.device/out}/${name//\//_}"
+done
