@@ -2,17 +2,21 @@
 textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
 UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
 --dtype float16 = the recipe's `precision: float16` (UNet and VAE weights in float16, the text encoder and every
-trained parameter in float32, the loss scaled). STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention
-(forward kernel + blockwise backward) instead of the naive form.
+trained parameter in float32, the loss scaled). --staged = the recipe's `staged_backward: true` (gradients one
+UNet stage at a time). STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention (forward kernel + blockwise
+backward) instead of the naive form.
 
-    STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32
+    STYLEBLEND_DEVICE=cuda python bench/train_step.py --model /tmp/sd21-random --dtype float32 [--staged]
+    python bench/train_step.py --model tiny --resolution 512 --steps 2 [--staged]      # CPU: peak_rss_mb
 Prints one JSON line (random weights: timings valid); ``<training>_finite`` = its losses and trained parameters
-stayed finite (a float16 overflow would show there).
+stayed finite (a float16 overflow would show there). Peak memory is the process's over all three trainings, so
+compare modes in separate runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,27 +49,34 @@ def op_label(key: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="/tmp/sd21-random")
+    p.add_argument("--model", default="/tmp/sd21-random", help='a diffusers folder (written with random SD 2.1 '
+                   'weights when missing) or "tiny"')
     p.add_argument("--dtype", choices=["float16", "float32"], default="float32")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--profile", type=int, default=0, help="also list each training's N costliest fused ops")
+    p.add_argument("--staged", action="store_true", help="gradients one UNet stage at a time")
+    p.add_argument("--resolution", type=int, default=0, help="image size (0 = the recipe's)")
     a = p.parse_args()
     jt = start(0)
     from styleblend.coarse import denoising_loss, fit, loss_scale
     from styleblend.config import load_recipe
-    from styleblend.loading import load_sd, write_random_sd
+    from styleblend.loading import load_sd, write_random_sd, write_tiny_sd
+    from styleblend.memory import peak_rss_mb
     from styleblend.models import fused_attention
     from styleblend.models.lora import add_lora, lora_parameters
     from styleblend.sampling import encode_prompt
     from styleblend.tokens import add_token
 
-    if not Path(a.model).exists():
+    if a.model == "tiny":
+        a.model = str(write_tiny_sd(Path(tempfile.mkdtemp()) / "tiny-sd", seed=0))
+    elif not Path(a.model).exists():
         write_random_sd(a.model, dtype="float16")
     recipe = load_recipe()
     sd = load_sd(a.model, dtype=a.dtype)
     add_token(sd.tokenizer, sd.text_encoder, recipe.fine.token, recipe.fine.init_token)
     rng = np.random.default_rng(0)
-    size = recipe.fine.resolution // 8
+    resolution = a.resolution or recipe.fine.resolution
+    size = resolution // 8
     latents = jt.array(rng.standard_normal((1, 4, size, size), dtype=np.float32)).cast(a.dtype)
     prompt = [recipe.fine.prompt_template.format(caption="apple", token=recipe.fine.token)]
     te_lora = sd.text_encoder.clone()
@@ -75,12 +86,12 @@ def main() -> None:
     add_lora(sd.unet, recipe.fine.lora_targets, recipe.fine.lora_rank, recipe.fine.lora_alpha)
     jobs = {
         "textual_inversion": ([sd.text_encoder.token_embedding_weight],
-                              lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt), rng)),
-        "unet_lora": (lora_parameters(sd.unet), lambda s: denoising_loss(sd, latents, context, rng)),
-        "text_encoder_lora": (lora_parameters(te_lora),
-                              lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt, te_lora), rng)),
+                              lambda s: denoising_loss(sd, latents, encode_prompt(sd, prompt), rng, a.staged)),
+        "unet_lora": (lora_parameters(sd.unet), lambda s: denoising_loss(sd, latents, context, rng, a.staged)),
+        "text_encoder_lora": (lora_parameters(te_lora), lambda s: denoising_loss(
+            sd, latents, encode_prompt(sd, prompt, te_lora), rng, a.staged)),
     }
-    result = {"dtype": a.dtype, "resolution": recipe.fine.resolution, "device": gpu_name(),
+    result = {"dtype": a.dtype, "resolution": resolution, "staged": a.staged, "device": gpu_name(),
               "fused_backward": fused_attention.enabled and fused_attention.backward_enabled}
     with GpuPeak() as peak:
         for name, (params, loss_fn) in jobs.items():
@@ -103,6 +114,7 @@ def main() -> None:
              "text_encoder_lora": recipe.coarse.steps}
     result["training_minutes"] = round(sum(result[f"{k}_ms"] * n for k, n in steps.items()) / 60000, 1)
     result["peak_gpu_mb"] = peak.peak
+    result["peak_rss_mb"] = round(peak_rss_mb())
     print(json.dumps(result))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -22,6 +23,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "styleblend" / "configs" / "sd21"
 
 
 def gpu_name() -> str:
+    """The first GPU's name, or "cpu" where there is no nvidia-smi."""
+    if shutil.which("nvidia-smi") is None:
+        return "cpu"
     return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                           text=True).stdout.strip().splitlines()[0]
 

@@ -29,6 +29,7 @@ from .data import StyleData
 from .errors import DataError, ModelLoadError
 from .io import save_image
 from .models.lora import add_lora, lora_layers, lora_parameters, set_lora_multiplier
+from .models.stages import Stage, StagedLoss, run_stages, staged_grads
 from .progress import progress
 from .sampling import encode_prompt, image_to_image, to_tensor
 from .tokens import add_token, set_token_row
@@ -159,12 +160,20 @@ def sample_latents(sd, moments: Sequence[Moments], rng: np.random.Generator) -> 
     return jt.array(np.concatenate(draws) * np.float32(sd.vae.config["scaling_factor"]))
 
 
-def denoising_loss(sd, latents: jt.Var, context: jt.Var, rng: np.random.Generator) -> jt.Var:
-    """MSE between the UNet's prediction and the scheduler's target at uniform random timesteps and noise."""
+def denoising_loss(sd, latents: jt.Var, context: jt.Var, rng: np.random.Generator,
+                   staged: bool = False) -> Union[jt.Var, StagedLoss]:
+    """MSE between the UNet's prediction and the scheduler's target at uniform random timesteps and noise.
+
+    ``staged``: the loss as a :class:`StagedLoss` (UNet stages + the MSE), which :func:`fit` differentiates one
+    stage at a time (less memory, one more forward pass); else the loss itself.
+    """
     t = sd.scheduler.sample_timesteps(latents.shape[0], rng)
     noise = jt.array(rng.standard_normal(tuple(latents.shape), dtype=np.float32))
-    prediction = sd.unet(sd.scheduler.add_noise(latents, noise, t), t, context)
-    return jt.nn.mse_loss(prediction.float32(), sd.scheduler.training_target(latents, noise, t).float32())
+    inputs = sd.unet.stage_inputs(sd.scheduler.add_noise(latents, noise, t).stop_grad(), t, context)
+    inputs["target"] = sd.scheduler.training_target(latents, noise, t).float32().stop_grad()
+    mse = Stage(lambda out, target: (jt.nn.mse_loss(out.float32(), target),), ("out", "target"), ("loss",))
+    loss = StagedLoss(sd.unet.stages() + [mse], inputs)
+    return loss if staged else run_stages(loss.stages, loss.inputs)[loss.output]
 
 
 def loss_scale(sd) -> float:
@@ -174,11 +183,12 @@ def loss_scale(sd) -> float:
     return FLOAT16_LOSS_SCALE if sd.unet.dtype == "float16" else 1.0
 
 
-def fit(params: List[jt.Var], loss_fn: Callable[[int], jt.Var], steps: int, lr: float, betas, weight_decay: float,
-        eps: float, desc: str, lr_factor: Callable[[int], float] = lambda step: 1.0,
+def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]], steps: int, lr: float, betas,
+        weight_decay: float, eps: float, desc: str, lr_factor: Callable[[int], float] = lambda step: 1.0,
         after_step: Optional[Callable[[], None]] = None, scale: float = 1.0) -> List[float]:
     """AdamW on ``params`` for ``steps`` steps of ``loss_fn(step)``; step ``s`` uses ``lr * lr_factor(s)``.
 
+    ``loss_fn`` returns the loss, or a :class:`StagedLoss` to be differentiated one stage at a time.
     ``after_step`` runs after every update (textual inversion restores the other embedding rows there).
     ``scale`` (:func:`loss_scale`) multiplies the loss before the backward pass; AdamW's step with gradients and
     ``eps`` both multiplied by it is the same step, so nothing is unscaled. Returns the (unscaled) loss of every
@@ -189,13 +199,22 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], jt.Var], steps: int, lr: 
     bar = progress(range(steps), desc=desc)
     for step in bar:
         optimizer.lr = lr * lr_factor(step)
-        loss = loss_fn(step)
-        optimizer.step(loss * scale)
+        loss, backward_target = _backward_target(loss_fn(step), params, scale)
+        optimizer.step(backward_target)
         if after_step is not None:
             after_step()
         losses.append(float(loss.item()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses
+
+
+def _backward_target(objective: Union[jt.Var, StagedLoss], params: List[jt.Var], scale: float):
+    """``(loss, a scalar whose gradient with respect to params is scale × the loss's)``: the scaled loss, or for
+    a :class:`StagedLoss` ``Σ ⟨p, g⟩`` over the gradients :func:`staged_grads` computed."""
+    if not isinstance(objective, StagedLoss):
+        return objective, objective * scale
+    loss, grads = staged_grads(objective.stages, objective.inputs, objective.output, params, scale)
+    return loss, sum((p * g.cast(p.dtype)).sum() for p, g in zip(params, grads))
 
 
 def epoch_order(rng: np.random.Generator, n: int, count: int) -> np.ndarray:
@@ -249,12 +268,13 @@ def coarse_text_encoder(sd, cfg: CoarseConfig, rng: np.random.Generator):
 
 
 def train_coarse(sd, style_data: StyleData, sdedit: Union[SDEditResult, Dict[str, List[Path]]], cfg: CoarseConfig,
-                 ckpt: StyleCheckpoint, seed: int, force: bool = False) -> TrainResult:
+                 ckpt: StyleCheckpoint, seed: int, force: bool = False, staged: bool = False) -> TrainResult:
     """Train the coarse style on the SDEdit images and save ``<C>``'s row, the LoRA and the config.
 
     Each step takes ``cfg.batch_size`` captions (shuffled passes over the style's images), one kept SDEdit
     image of each (its latent sampled once, as the original pre-encodes them) and the prompt
-    ``cfg.prompt_template``. Existing output files are refused before any work unless ``force``.
+    ``cfg.prompt_template``. Existing output files are refused before any work unless ``force``. ``staged``:
+    gradients one UNet stage at a time (:func:`denoising_loss`).
     """
     ckpt.check_writable(STAGES["coarse"], force)
     kept = sdedit.kept if isinstance(sdedit, SDEditResult) else sdedit
@@ -273,7 +293,7 @@ def train_coarse(sd, style_data: StyleData, sdedit: Union[SDEditResult, Dict[str
         picks = order[step]
         batch = jt.concat([latents[captions[i]][rng.integers(len(latents[captions[i]]))] for i in picks])
         context = encode_prompt(sd, [prompts[i] for i in picks], text_encoder)
-        return denoising_loss(sd, batch, context, rng)
+        return denoising_loss(sd, batch, context, rng, staged)
 
     with unet_lora_scale(sd.unet, 0.0):
         losses = fit(lora_parameters(text_encoder), loss_at, cfg.steps, cfg.lr, cfg.betas, cfg.weight_decay,

@@ -167,9 +167,11 @@ class BlendConfig:
 @dataclass
 class Recipe:
     """The whole method's settings; ``seed`` seeds training and SDEdit draws; ``precision`` is the dtype of the
-    UNet's and VAE's weights (``styleblend.loading.load_sd``)."""
+    UNet's and VAE's weights (``styleblend.loading.load_sd``); ``staged_backward`` trains with gradients taken
+    one UNet stage at a time (``styleblend.models.stages``)."""
     seed: int
     precision: str
+    staged_backward: bool
     sdedit: SDEditConfig
     coarse: CoarseConfig
     fine: FineConfig

@@ -72,12 +72,12 @@ def prepare_unet_lora(unet, cfg: FineConfig, rng: np.random.Generator) -> None:
 
 
 def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint, seed: int,
-               force: bool = False) -> TrainResult:
+               force: bool = False, staged: bool = False) -> TrainResult:
     """Textual inversion of ``cfg.token``, then the UNet LoRA; saves the row, the LoRA and the config.
 
     Each step takes ``cfg.batch_size`` reference images (shuffled passes), each flipped with probability
     0.5 when ``cfg.flip``, its latent sampled afresh from the VAE posterior. Existing output files are
-    refused before any work unless ``force``.
+    refused before any work unless ``force``. ``staged``: gradients one UNet stage at a time.
     """
     ckpt.check_writable(STAGES["fine"], force)
     rng = np.random.default_rng(seed)
@@ -97,7 +97,8 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
 
     def ti_loss(step: int) -> jt.Var:
         context = encode_prompt(sd, [prompts[i] for i in order[step]], text_encoder)
-        return denoising_loss(sd, sample_latents(sd, [moments[v] for v in variant[step]], rng), context, rng)
+        latents = sample_latents(sd, [moments[v] for v in variant[step]], rng)
+        return denoising_loss(sd, latents, context, rng, staged)
 
     saved_lora = _snapshot_lora(sd.unet)
     with unet_lora_scale(sd.unet, 0.0):
@@ -113,7 +114,7 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
 
     def lora_loss(step: int) -> jt.Var:
         latents = sample_latents(sd, [moments[v] for v in variant[step]], rng)
-        return denoising_loss(sd, latents, jt.array(contexts[order[step]]), rng)
+        return denoising_loss(sd, latents, jt.array(contexts[order[step]]), rng, staged)
 
     try:
         with unet_lora_scale(sd.unet, 1.0):

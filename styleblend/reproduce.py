@@ -74,7 +74,8 @@ def run_coarse(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force
     if not force and stage_done(ckpt, "coarse"):
         return None
     sdedit = run_sdedit(sd, style_data, recipe, paths, force)
-    return train_coarse(sd, style_data, sdedit, recipe.coarse, ckpt, recipe.seed, force=force)
+    return train_coarse(sd, style_data, sdedit, recipe.coarse, ckpt, recipe.seed, force=force,
+                        staged=recipe.staged_backward)
 
 
 def run_fine(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force: bool = False):
@@ -84,7 +85,7 @@ def run_fine(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force: 
     ckpt = paths.checkpoint(style_data.style)
     if not force and stage_done(ckpt, "fine"):
         return None
-    return train_fine(sd, style_data, recipe.fine, ckpt, recipe.seed, force=force)
+    return train_fine(sd, style_data, recipe.fine, ckpt, recipe.seed, force=force, staged=recipe.staged_backward)
 
 
 def run_generate(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, seed: Optional[int] = None,

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from .config_check import resolve_config
 from .embeddings import TimestepEmbedding, timestep_features
 from .resnet import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D
+from .stages import Stage, run_stages
 from .transformer import BasicTransformerBlock, Transformer2DModel
 
 CROSS_DOWN, PLAIN_DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
@@ -105,7 +106,10 @@ def _timesteps(timestep, batch: int) -> jt.Var:
 
 
 class DownBlock2D(nn.Module):
-    """diffusers' ``DownBlock2D``; given ``transformer`` (channels -> module) its ``CrossAttnDownBlock2D``."""
+    """diffusers' ``DownBlock2D``; given ``transformer`` (channels -> module) its ``CrossAttnDownBlock2D``.
+
+    The three block classes hold modules under diffusers' names; :meth:`UNet2DConditionModel.stages` runs them.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, num_layers: int, groups: int,
                  eps: float, add_downsample: bool, padding: int,
@@ -118,19 +122,6 @@ class DownBlock2D(nn.Module):
             if transformer else None
         self.downsamplers = nn.ModuleList([Downsample2D(out_channels, padding)]) if add_downsample else None
 
-    def execute(self, x: jt.Var, temb: jt.Var, context: jt.Var):
-        """Returns the output and the states the up path will concatenate."""
-        states = []
-        for j, resnet in enumerate(self.resnets):
-            x = resnet(x, temb)
-            if self.attentions is not None:
-                x = self.attentions[j](x, context)
-            states.append(x)
-        if self.downsamplers is not None:
-            x = self.downsamplers[0](x)
-            states.append(x)
-        return x, states
-
 
 class UNetMidBlock2DCrossAttn(nn.Module):
     """ResNet → spatial transformer → ResNet at the lowest resolution."""
@@ -141,10 +132,6 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         self.resnets = nn.ModuleList([
             ResnetBlock2D(channels, channels, temb_channels, groups, eps, output_scale_factor) for _ in range(2)])
         self.attentions = nn.ModuleList([transformer(channels)])
-
-    def execute(self, x: jt.Var, temb: jt.Var, context: jt.Var) -> jt.Var:
-        x = self.resnets[0](x, temb)
-        return self.resnets[1](self.attentions[0](x, context), temb)
 
 
 class UpBlock2D(nn.Module):
@@ -165,16 +152,6 @@ class UpBlock2D(nn.Module):
         self.attentions = nn.ModuleList([transformer(out_channels) for _ in range(num_layers)]) \
             if transformer else None
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels)]) if add_upsample else None
-
-    def execute(self, x: jt.Var, skips: List[jt.Var], temb: jt.Var, context: jt.Var) -> jt.Var:
-        """Consumes its skip states from the end of ``skips``; upsamples to the next skip's size."""
-        for j, resnet in enumerate(self.resnets):
-            x = resnet(jt.concat([x, skips.pop()], dim=1), temb)
-            if self.attentions is not None:
-                x = self.attentions[j](x, context)
-        if self.upsamplers is not None:
-            x = self.upsamplers[0](x, skips[-1].shape[2:])
-        return x
 
 
 class UNet2DConditionModel(nn.Module):
@@ -232,19 +209,77 @@ class UNet2DConditionModel(nn.Module):
         return [block for holder in holders if holder.attentions is not None
                 for transformer in holder.attentions for block in transformer.transformer_blocks]
 
-    def execute(self, sample: jt.Var, timestep, encoder_hidden_states: jt.Var) -> jt.Var:
-        dtype = self.dtype
-        t = _timesteps(timestep, sample.shape[0])
-        features = timestep_features(t, self.config["block_out_channels"][0], self.config["flip_sin_to_cos"],
-                                     self.config["freq_shift"])
-        temb = self.time_embedding(features.cast(dtype))
-        context = encoder_hidden_states.cast(dtype)
-        x = self.conv_in(sample.cast(dtype))
-        skips = [x]
+    def stage_inputs(self, sample: jt.Var, timestep, encoder_hidden_states: jt.Var) -> Dict[str, jt.Var]:
+        """The named inputs of :meth:`stages`: ``sample``, ``timestep`` (float32 [batch], never differentiated),
+        ``context``."""
+        t = _timesteps(timestep, sample.shape[0]).stop_grad()
+        return {"sample": sample, "timestep": t, "context": encoder_hidden_states}
+
+    def stages(self) -> List[Stage]:
+        """The forward pass as stages (one per ResNet, transformer, resampler): reads :meth:`stage_inputs`, writes
+        ``out`` (in the weights' dtype). The down path writes its states under ``skip0``, ``skip1``, …; the up path takes them back in
+        reverse. Each up block's upsampler runs in the next stage, which knows the size of the skip it meets."""
+        dtype, cfg = self.dtype, self.config
+
+        def embed(t):
+            features = timestep_features(t, cfg["block_out_channels"][0], cfg["flip_sin_to_cos"], cfg["freq_shift"])
+            return (self.time_embedding(features.cast(dtype)),)
+
+        def conv_in(sample):
+            x = self.conv_in(sample.cast(dtype))
+            return x, x
+
+        stages = [Stage(embed, ("timestep",), ("temb",), (self.time_embedding,)),
+                  Stage(lambda c: (c.cast(dtype),), ("context",), ("ctx",)),
+                  Stage(conv_in, ("sample",), ("x", "skip0"), (self.conv_in,))]
+        skip = 0
+
+        def saved(module, *names):
+            nonlocal skip
+            skip += 1
+            return Stage(lambda *a: (module(*a),) * 2, ("x",) + names, ("x", f"skip{skip}"), (module,))
+
         for block in self.down_blocks:
-            x, states = block(x, temb, context)
-            skips += states
-        x = self.mid_block(x, temb, context)
+            for j, resnet in enumerate(block.resnets):
+                if block.attentions is None:
+                    stages.append(saved(resnet, "temb"))
+                else:
+                    stages += [_stage(resnet, "temb"), saved(block.attentions[j], "ctx")]
+            if block.downsamplers is not None:
+                stages.append(saved(block.downsamplers[0]))
+        mid = self.mid_block
+        stages += [_stage(mid.resnets[0], "temb"), _stage(mid.attentions[0], "ctx"), _stage(mid.resnets[1], "temb")]
+        upsampler = None
         for block in self.up_blocks:
-            x = block(x, skips, temb, context)
-        return self.conv_out(nn.silu(self.conv_norm_out(x))).cast(sample.dtype)
+            for j, resnet in enumerate(block.resnets):
+                stages.append(_up_stage(upsampler, resnet, f"skip{skip}"))
+                upsampler, skip = None, skip - 1
+                if block.attentions is not None:
+                    stages.append(_stage(block.attentions[j], "ctx"))
+            upsampler = block.upsamplers[0] if block.upsamplers is not None else None
+
+        def conv_out(x):
+            return (self.conv_out(nn.silu(self.conv_norm_out(x))),)
+
+        stages.append(Stage(conv_out, ("x",), ("out",), (self.conv_norm_out, self.conv_out)))
+        return stages
+
+    def execute(self, sample: jt.Var, timestep, encoder_hidden_states: jt.Var) -> jt.Var:
+        state = run_stages(self.stages(), self.stage_inputs(sample, timestep, encoder_hidden_states))
+        return state["out"].cast(sample.dtype)
+
+
+def _stage(module: nn.Module, *names: str) -> Stage:
+    """``x = module(x, *state[names])``."""
+    return Stage(lambda *a: (module(*a),), ("x",) + names, ("x",), (module,))
+
+
+def _up_stage(upsampler: Optional[nn.Module], resnet: nn.Module, skip: str) -> Stage:
+    """Upsample ``x`` to the skip state's size (after an up block that has an upsampler), concatenate, ResNet."""
+    def fn(x, skip_state, temb):
+        if upsampler is not None:
+            x = upsampler(x, skip_state.shape[2:])
+        return (resnet(jt.concat([x, skip_state], dim=1), temb),)
+
+    modules = (resnet,) if upsampler is None else (upsampler, resnet)
+    return Stage(fn, ("x", skip, "temb"), ("x",), modules)
