@@ -79,7 +79,8 @@ def staged_grads(stages: Sequence[Stage], inputs: Dict[str, jt.Var], output: str
     value = state[output]
     out_grads = {output: jt.full(value.shape, scale, value.dtype)}
     grads: Dict[int, jt.Var] = {}
-    for stage, own, values in zip(reversed(stages), reversed(owned), reversed(saved)):
+    for stage, own in zip(reversed(stages), reversed(owned)):
+        values = saved.pop()  # this stage's inputs, let go once used
         seeds = [(i, out_grads.pop(name)) for i, name in enumerate(stage.writes) if name in out_grads]
         through = [i for i, name in enumerate(stage.reads) if needs[name]]
         if not seeds or not (through or own):

@@ -216,9 +216,10 @@ class UNet2DConditionModel(nn.Module):
         return {"sample": sample, "timestep": t, "context": encoder_hidden_states}
 
     def stages(self) -> List[Stage]:
-        """The forward pass as stages (one per ResNet, transformer, resampler): reads :meth:`stage_inputs`, writes
-        ``out`` (in the weights' dtype). The down path writes its states under ``skip0``, ``skip1``, …; the up path takes them back in
-        reverse. Each up block's upsampler runs in the next stage, which knows the size of the skip it meets."""
+        """The forward pass as stages (one per ResNet, transformer, resampler): reads :meth:`stage_inputs`,
+        writes ``out`` (in the weights' dtype). The down path keeps its states as ``skip0``, ``skip1``, …; the up
+        path takes them back in reverse. Each up block's upsampler runs in the next stage, which knows the size of
+        the skip state it meets."""
         dtype, cfg = self.dtype, self.config
 
         def embed(t):
@@ -234,7 +235,7 @@ class UNet2DConditionModel(nn.Module):
                   Stage(conv_in, ("sample",), ("x", "skip0"), (self.conv_in,))]
         skip = 0
 
-        def saved(module, *names):
+        def kept(module, *names):  # x = module(x, ...), also kept as the next skip state
             nonlocal skip
             skip += 1
             return Stage(lambda *a: (module(*a),) * 2, ("x",) + names, ("x", f"skip{skip}"), (module,))
@@ -242,11 +243,11 @@ class UNet2DConditionModel(nn.Module):
         for block in self.down_blocks:
             for j, resnet in enumerate(block.resnets):
                 if block.attentions is None:
-                    stages.append(saved(resnet, "temb"))
+                    stages.append(kept(resnet, "temb"))
                 else:
-                    stages += [_stage(resnet, "temb"), saved(block.attentions[j], "ctx")]
+                    stages += [_stage(resnet, "temb"), kept(block.attentions[j], "ctx")]
             if block.downsamplers is not None:
-                stages.append(saved(block.downsamplers[0]))
+                stages.append(kept(block.downsamplers[0]))
         mid = self.mid_block
         stages += [_stage(mid.resnets[0], "temb"), _stage(mid.attentions[0], "ctx"), _stage(mid.resnets[1], "temb")]
         upsampler = None
