@@ -29,7 +29,7 @@ from .data import StyleData
 from .errors import DataError, ModelLoadError
 from .io import save_image
 from .models.lora import add_lora, lora_layers, lora_parameters, set_lora_multiplier
-from .models.stages import Stage, StagedLoss, run_stages, staged_grads
+from .models.stages import Stage, StagedLoss, inner, run_stages, staged_grads
 from .progress import progress
 from .sampling import encode_prompt, image_to_image, to_tensor
 from .tokens import add_token, set_token_row
@@ -214,7 +214,7 @@ def _backward_target(objective: Union[jt.Var, StagedLoss], params: List[jt.Var],
     if not isinstance(objective, StagedLoss):
         return objective, objective * scale
     loss, grads = staged_grads(objective.stages, objective.inputs, objective.output, params, scale)
-    return loss, sum((p * g.cast(p.dtype)).sum() for p, g in zip(params, grads))
+    return loss, inner(params, grads)
 
 
 def epoch_order(rng: np.random.Generator, n: int, count: int) -> np.ndarray:

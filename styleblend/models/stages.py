@@ -87,19 +87,20 @@ def staged_grads(stages: Sequence[Stage], inputs: Dict[str, jt.Var], output: str
             continue
         leaves = [v.detach() if i in through else v for i, v in enumerate(values)]
         outs = stage.fn(*leaves)
-        proxy = _dot([outs[i] for i, _ in seeds], [g for _, g in seeds])
+        proxy = inner([outs[i] for i, _ in seeds], [g for _, g in seeds])
         found = jt.grad(proxy, [leaves[i] for i in through] + own)
         _accumulate(out_grads, [stage.reads[i] for i in through], found[:len(through)])
         _accumulate(grads, [wanted[id(p)] for p in own], found[len(through):])
     reach = [name for name in out_grads if name in inputs]
     if upstream and reach:
-        proxy = _dot([inputs[name] for name in reach], [out_grads[name] for name in reach])
+        proxy = inner([inputs[name] for name in reach], [out_grads[name] for name in reach])
         _accumulate(grads, [wanted[id(p)] for p in upstream], jt.grad(proxy, upstream))
     return value, [grads[i] if i in grads else jt.zeros_like(p) for i, p in enumerate(params)]
 
 
-def _dot(outs: Sequence[jt.Var], seeds) -> jt.Var:
-    """Σ ⟨out, seed⟩ in float32: its gradient with respect to each out is that out's incoming gradient."""
+def inner(outs: Sequence[jt.Var], seeds: Sequence[jt.Var]) -> jt.Var:
+    """Σ ⟨out, seed⟩ in float32: its gradient with respect to each out is that out's seed (a backward pass's
+    incoming gradient, or the gradient an optimiser is to see)."""
     total = 0
     for out, seed in zip(outs, seeds):
         total = total + (out * seed.cast(out.dtype)).float32().sum()
