@@ -10,7 +10,7 @@ One naming quirk is kept from diffusers: ``attention_head_dim`` holds the number
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -238,7 +238,7 @@ class UNet2DConditionModel(nn.Module):
         def kept(module, *names):  # x = module(x, ...), also kept as the next skip state
             nonlocal skip
             skip += 1
-            return Stage(lambda *a: (module(*a),) * 2, ("x",) + names, ("x", f"skip{skip}"), (module,))
+            return _stage(module, *names, writes=("x", f"skip{skip}"))
 
         for block in self.down_blocks:
             for j, resnet in enumerate(block.resnets):
@@ -270,9 +270,9 @@ class UNet2DConditionModel(nn.Module):
         return state["out"].cast(sample.dtype)
 
 
-def _stage(module: nn.Module, *names: str) -> Stage:
-    """``x = module(x, *state[names])``."""
-    return Stage(lambda *a: (module(*a),), ("x",) + names, ("x",), (module,))
+def _stage(module: nn.Module, *names: str, writes: Tuple[str, ...] = ("x",)) -> Stage:
+    """``x = module(x, *state[names])``, written under each name of ``writes``."""
+    return Stage(lambda *a: (module(*a),) * len(writes), ("x",) + names, writes, (module,))
 
 
 def _up_stage(upsampler: Optional[nn.Module], resnet: nn.Module, skip: str) -> Stage:
