@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from unet_step import GpuPeak, gpu_name
+from unet_step import GpuPeak, gpu_name, levers
 
 from styleblend.runtime import start
 
@@ -48,7 +48,7 @@ def main() -> None:
             seconds.append(time.perf_counter() - t0)
     print(json.dumps({"impl": "jittor", "what": "StyleBlend image 768² 30 steps", "dtype": a.dtype,
                       "seconds_first": round(seconds[0], 2), "seconds": round(min(seconds[1:] or seconds), 2),
-                      "peak_gpu_mb": peak.peak, "device": gpu_name()}))
+                      "peak_gpu_mb": peak.peak, "device": gpu_name(), **levers()}))
 
 
 if __name__ == "__main__":

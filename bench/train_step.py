@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from unet_step import GpuPeak, gpu_name
+from unet_step import GpuPeak, gpu_name, levers
 
 from styleblend.runtime import start
 
@@ -62,7 +62,6 @@ def main() -> None:
     from styleblend.config import load_recipe
     from styleblend.loading import load_sd, write_random_sd, write_tiny_sd
     from styleblend.memory import peak_rss_mb
-    from styleblend.models import fused_attention
     from styleblend.models.lora import add_lora, lora_parameters
     from styleblend.sampling import encode_prompt
     from styleblend.tokens import add_token
@@ -91,8 +90,7 @@ def main() -> None:
         "text_encoder_lora": (lora_parameters(te_lora), lambda s: denoising_loss(
             sd, latents, encode_prompt(sd, prompt, te_lora), rng, a.staged)),
     }
-    result = {"dtype": a.dtype, "resolution": resolution, "staged": a.staged, "device": gpu_name(),
-              "fused_backward": fused_attention.enabled and fused_attention.backward_enabled}
+    result = {"dtype": a.dtype, "resolution": resolution, "staged": a.staged, "device": gpu_name(), **levers()}
     with GpuPeak() as peak:
         for name, (params, loss_fn) in jobs.items():
             def train(steps: int, desc: str) -> list:

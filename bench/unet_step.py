@@ -44,6 +44,14 @@ def timed_ms(fn, n=10):
     return round((time.perf_counter() - t0) * 1000 / n, 3)
 
 
+def levers() -> dict:
+    """Which of the package's fused kernels are on (``STYLEBLEND_FUSED_*``); Jittor runs only."""
+    from styleblend.models import fused_attention, fused_group_norm
+
+    return {"fused_attention": fused_attention.enabled, "fused_backward": fused_attention.backward_enabled,
+            "fused_group_norm": fused_group_norm.enabled}
+
+
 class GpuPeak:
     """Peak of nvidia-smi's used memory while the block runs (includes the framework's cache)."""
 
@@ -121,7 +129,8 @@ def main() -> None:
     with GpuPeak() as peak:
         ms = run(a.dtype, a.batch, a.latent, a.steps)
     print(json.dumps({"impl": a.impl, "dtype": a.dtype, "batch": a.batch, "latent": a.latent,
-                      "ms_per_step": round(ms, 2), "peak_gpu_mb": peak.peak, "device": gpu_name()}))
+                      "ms_per_step": round(ms, 2), "peak_gpu_mb": peak.peak, "device": gpu_name(),
+                      **(levers() if a.impl == "jittor" else {})}))
 
 
 if __name__ == "__main__":
