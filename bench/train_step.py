@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from unet_step import GpuPeak, gpu_name, levers
 
+TRAININGS = ["textual_inversion", "unet_lora", "text_encoder_lora"]
+
 from styleblend.runtime import start
 
 
@@ -56,6 +58,7 @@ def main() -> None:
     p.add_argument("--profile", type=int, default=0, help="also list each training's N costliest fused ops")
     p.add_argument("--staged", action="store_true", help="gradients one UNet stage at a time")
     p.add_argument("--resolution", type=int, default=0, help="image size (0 = the recipe's)")
+    p.add_argument("--only", nargs="+", choices=TRAININGS, default=TRAININGS, help="which trainings to run")
     a = p.parse_args()
     jt = start(0)
     from styleblend.coarse import denoising_loss, fit, loss_scale
@@ -92,7 +95,9 @@ def main() -> None:
     }
     result = {"dtype": a.dtype, "resolution": resolution, "staged": a.staged, "device": gpu_name(), **levers()}
     with GpuPeak() as peak:
-        for name, (params, loss_fn) in jobs.items():
+        for name in a.only:
+            params, loss_fn = jobs[name]
+
             def train(steps: int, desc: str) -> list:
                 losses = fit(params, loss_fn, steps, 1e-4, (0.9, 0.999), 0.0, 1e-8, desc, scale=loss_scale(sd))
                 jt.sync_all(True)
@@ -110,7 +115,8 @@ def main() -> None:
                                             and all(np.isfinite(q.numpy()).all() for q in params))
     steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
              "text_encoder_lora": recipe.coarse.steps}
-    result["training_minutes"] = round(sum(result[f"{k}_ms"] * n for k, n in steps.items()) / 60000, 1)
+    if set(a.only) == set(TRAININGS):
+        result["training_minutes"] = round(sum(result[f"{k}_ms"] * n for k, n in steps.items()) / 60000, 1)
     result["peak_gpu_mb"] = peak.peak
     result["peak_rss_mb"] = round(peak_rss_mb())
     print(json.dumps(result))
