@@ -36,6 +36,7 @@ def group_norm_float64(gn, x):
     ((2, 8, 5, 7), 4, 0.0),        # 4-D, odd pixel count
     ((1, 6, 3, 3, 2), 3, 0.0),     # 5-D
     ((3, 4, 1), 2, 0.0),           # one value per channel
+    ((3, 32, 1, 1), 32, 5.0),      # one value per group: zero variance, the output is the bias
     ((2, 64, 12, 12), 32, 300.0),  # mean far above the spread: the shifted sums keep the variance
 ])
 def test_forward_matches_the_definition(shape, groups, mean):

@@ -11,7 +11,8 @@ then combined per group, and one element-wise pass writes the output.
   squared deviations ``M2``.
 * Group statistics: the rows of a group (equal counts) combine exactly: mean = mean of row means,
   ``M2 = Σ M2_r + S·Σ (mean_r − mean)²``; ``rstd = 1 / sqrt(M2 / n + eps)``.
-* Output: ``y = (x − mean)·rstd·w_c + b_c`` in the input's dtype (float32 arithmetic).
+* Output: ``y = (x − mean)·(rstd·w_c) + b_c`` in the input's dtype (float32 arithmetic; subtracting the mean
+  first keeps a large mean from cancelling the result away).
 * Backward, with ``x̂ = (x − mean)·rstd``: per row ``Σdy`` and ``Σdy·x̂``; from them ``dw_c = Σ_b Σdy·x̂``,
   ``db_c = Σ_b Σdy`` and per group ``a = Σ_c w_c Σdy / n``, ``β = Σ_c w_c Σdy·x̂ / n``; then
   ``dx = rstd·(w_c·dy − a − x̂·β)``.
@@ -84,10 +85,10 @@ __global__ void __launch_bounds__(NT) apply(const T* __restrict__ x, const float
                                             const float* __restrict__ rstd, int c, int k, long s,
                                             T* __restrict__ y) {
   const long row = blockIdx.x, bg = row / c * (c / k) + row % c / k;
-  const float scale = rstd[bg] * w[row % c], shift = bias[row % c] - mean[bg] * scale;
+  const float m = mean[bg], scale = rstd[bg] * w[row % c], b = bias[row % c];
   const long base = row * s;
   for (long i = (long)blockIdx.y * NT * ITEMS + threadIdx.x, e = 0; e < ITEMS && i < s; ++e, i += NT)
-    y[base + i] = T(float(x[base + i]) * scale + shift);
+    y[base + i] = T((float(x[base + i]) - m) * scale + b);
 }
 
 // backward, one block per row: sum of dy and of dy * xhat
@@ -196,8 +197,8 @@ for (int b = 0; b < B; b++)
   }
 for (int b = 0; b < B; b++)
   for (int ch = 0; ch < C; ch++) {
-    const float scale = @out2(b, ch / k) * @in1(ch), shift = @in2(ch) - @out1(b, ch / k) * scale;
-    for (long i = 0; i < S; i++) @out0(b, ch, i) = out0_type(float(@in0(b, ch, i)) * scale + shift);
+    const float m = @out1(b, ch / k), scale = @out2(b, ch / k) * @in1(ch), shift = @in2(ch);
+    for (long i = 0; i < S; i++) @out0(b, ch, i) = out0_type((float(@in0(b, ch, i)) - m) * scale + shift);
   }
 """
 
