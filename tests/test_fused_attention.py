@@ -80,24 +80,13 @@ def test_gradients_match_naive_attention(dtype, block_rows, tol):
         assert err < tol, f"d{name}: relative error {err:.2e}"
 
 
-def test_unet_lora_gradients_are_the_same_through_the_fused_path(tmp_path, monkeypatch):
+def test_unet_lora_gradients_are_the_same_through_the_fused_path(lora_unet, monkeypatch):
     """Training through the whole (tiny) UNet: the fused forward + blockwise backward, forced on here on the CPU,
     gives the LoRA gradients of the naive attention."""
-    from styleblend import loading
-    from styleblend.config import load_recipe
-    from styleblend.models.lora import add_lora, lora_parameters
-
-    sd = loading.load_sd(loading.write_tiny_sd(tmp_path / "tiny-sd", seed=0))
-    add_lora(sd.unet, load_recipe(smoke=True).fine.lora_targets, 4, 4)
-    params = lora_parameters(sd.unet)
-    for i, p in enumerate(params):  # LoRA's up-projection starts at zero: give every factor a gradient
-        p.assign(jt.array(np.random.default_rng(i).standard_normal(p.shape).astype("float32") * 0.1))
-    rng = np.random.default_rng(0)
-    x = jt.array(rng.standard_normal((1, 4, 8, 8)).astype("float32"))
-    context = jt.array(rng.standard_normal((1, 77, sd.unet.config["cross_attention_dim"])).astype("float32"))
+    unet, params, x, context = lora_unet(1)
 
     def lora_grads():
-        return [g.numpy() for g in jt.grad((sd.unet(x, 500, context) ** 2).mean(), params)]
+        return [g.numpy() for g in jt.grad((unet(x, 500, context) ** 2).mean(), params)]
 
     expected = lora_grads()
     calls = []

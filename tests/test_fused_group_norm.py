@@ -88,23 +88,12 @@ def test_dispatch_rule():
     assert not fgn.supported(x)  # CUDA is off in CI: the plain path runs
 
 
-def test_tiny_unet_is_the_same_through_the_fused_norm(tmp_path, monkeypatch):
+def test_tiny_unet_is_the_same_through_the_fused_norm(lora_unet, monkeypatch):
     """The whole (tiny) UNet and its LoRA gradients with every GroupNorm forced onto the fused path on the CPU."""
-    from styleblend import loading
-    from styleblend.config import load_recipe
-    from styleblend.models.lora import add_lora, lora_parameters
-
-    sd = loading.load_sd(loading.write_tiny_sd(tmp_path / "tiny-sd", seed=0))
-    add_lora(sd.unet, load_recipe(smoke=True).fine.lora_targets, 4, 4)
-    params = lora_parameters(sd.unet)
-    for i, p in enumerate(params):  # LoRA's up-projection starts at zero: give every factor a gradient
-        p.assign(jt.array(np.random.default_rng(i).standard_normal(p.shape).astype("float32") * 0.1))
-    rng = np.random.default_rng(0)
-    x = jt.array(rng.standard_normal((2, 4, 8, 8)).astype("float32"))
-    context = jt.array(rng.standard_normal((2, 77, sd.unet.config["cross_attention_dim"])).astype("float32"))
+    unet, params, x, context = lora_unet(2)
 
     def run():
-        out = sd.unet(x, 500, context)
+        out = unet(x, 500, context)
         return out.numpy(), [g.numpy() for g in jt.grad((out ** 2).mean(), params)]
 
     expected_out, expected_grads = run()
