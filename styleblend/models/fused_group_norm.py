@@ -29,15 +29,13 @@ from ..backend import jt
 from ..errors import ConfigError
 
 DTYPES = ("float16", "float32")
-THREADS = 256  # threads per block of every kernel
-ITEMS = 4  # elements per thread of the element-wise kernels
 enabled = os.environ.get("STYLEBLEND_FUSED_GROUPNORM", "1") != "0"
 
 CUDA_HEADER = r"""
 #include <cuda_fp16.h>
 
 namespace sb_gn {
-constexpr int NT = 256, ITEMS = 4;
+constexpr int NT = 256, ITEMS = 4;  // threads per block; elements per thread of the element-wise kernels
 
 // block-wide sum of two floats (NT threads); every thread gets the result
 __device__ __forceinline__ float2 block_sum2(float a, float b) {
