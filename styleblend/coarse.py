@@ -185,11 +185,10 @@ def loss_scale(sd) -> float:
 
 def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]], steps: int, lr: float, betas,
         weight_decay: float, eps: float, desc: str, lr_factor: Callable[[int], float] = lambda step: 1.0,
-        after_step: Optional[Callable[[], None]] = None, scale: float = 1.0) -> List[float]:
+        scale: float = 1.0) -> List[float]:
     """AdamW on ``params`` for ``steps`` steps of ``loss_fn(step)``; step ``s`` uses ``lr * lr_factor(s)``.
 
     ``loss_fn`` returns the loss, or a :class:`StagedLoss` to be differentiated one stage at a time.
-    ``after_step`` runs after every update (textual inversion restores the other embedding rows there).
     ``scale`` (:func:`loss_scale`) multiplies the loss before the backward pass; AdamW's step with gradients and
     ``eps`` both multiplied by it is the same step, so nothing is unscaled. Returns the (unscaled) loss of every
     step.
@@ -201,8 +200,6 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
         optimizer.lr = lr * lr_factor(step)
         loss, backward_target = _backward_target(loss_fn(step), params, scale)
         optimizer.step(backward_target)
-        if after_step is not None:
-            after_step()
         losses.append(float(loss.item()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
     return losses

@@ -3,9 +3,10 @@
 Both stages train on the reference images themselves (random horizontal flips) with the prompt
 "A {caption} in the style of <F>.", as the original implementation does:
 
-1. textual inversion — a copy of the text encoder gets ``<F>`` (a copy of "artistic"'s row); AdamW sees the
-   whole token table but every other row is put back after each step, so exactly one row learns. The
-   learning rate is multiplied by ``ti_decay`` every ``ti_decay_every`` steps.
+1. textual inversion — a copy of the text encoder gets ``<F>`` (a copy of "artistic"'s row), and AdamW trains
+   that row alone (:meth:`CLIPTextModel.trainable_row`). The original gives AdamW the whole token table and
+   puts every other row back after each step: the same update, with a gradient and optimizer state of the
+   table's size. The learning rate is multiplied by ``ti_decay`` every ``ti_decay_every`` steps.
 2. UNet LoRA — the text encoder (and ``<F>``) are frozen; rank-``lora_rank`` LoRA on ``to_q``/``to_k``/
    ``to_v``/``to_out.0`` of every UNet attention layer, learning rate halved every ``lora_halve_every`` steps.
 
@@ -46,16 +47,6 @@ class TrainResult:
 def gaussian_std(rank: int, in_features: int) -> float:
     """The UNet LoRA's down-matrix init (peft's ``"gaussian"``, as the original): ``N(0, 1/rank²)``."""
     return 1.0 / rank
-
-
-def keep_only_row(weight: jt.Var, row: int) -> Callable[[], None]:
-    """A function that puts back every row of ``weight`` except ``row`` to its current values."""
-    before = jt.array(weight.numpy())
-
-    def restore() -> None:
-        weight.assign(jt.concat([before[:row], weight[row:row + 1], before[row + 1:]]).detach())
-
-    return restore
 
 
 def prepare_unet_lora(unet, cfg: FineConfig, rng: np.random.Generator) -> None:
@@ -101,11 +92,10 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
         return denoising_loss(sd, latents, context, rng, staged)
 
     saved_lora = _snapshot_lora(sd.unet)
-    with unet_lora_scale(sd.unet, 0.0):
-        ti_losses = fit([text_encoder.token_embedding_weight], ti_loss, cfg.ti_steps, cfg.ti_lr, cfg.ti_betas,
-                        cfg.weight_decay, cfg.eps, desc=f"textual inversion {cfg.token}",
-                        lr_factor=lambda s: cfg.ti_decay ** (s // cfg.ti_decay_every),
-                        after_step=keep_only_row(text_encoder.token_embedding_weight, token_id), scale=loss_scale(sd))
+    with unet_lora_scale(sd.unet, 0.0), text_encoder.trainable_row(token_id) as row:
+        ti_losses = fit([row], ti_loss, cfg.ti_steps, cfg.ti_lr, cfg.ti_betas, cfg.weight_decay, cfg.eps,
+                        desc=f"textual inversion {cfg.token}", scale=loss_scale(sd),
+                        lr_factor=lambda s: cfg.ti_decay ** (s // cfg.ti_decay_every))
 
     with jt.no_grad():  # the text encoder is frozen from here on: one context per caption
         contexts = encode_prompt(sd, prompts, text_encoder).numpy()

@@ -9,7 +9,7 @@ from styleblend.coarse import denoising_loss, encode_moments, fit, sample_latent
 from styleblend.config import load_recipe
 from styleblend.data import load_style
 from styleblend.errors import StyleBlendError
-from styleblend.fine import keep_only_row, load_fine, prepare_unet_lora, train_fine
+from styleblend.fine import load_fine, prepare_unet_lora, train_fine
 from styleblend.models.lora import lora_layers, lora_parameters, lora_state_dict
 from styleblend.sampling import encode_prompt
 from styleblend.tokens import add_token
@@ -69,12 +69,41 @@ def test_textual_inversion_changes_exactly_one_row_and_lowers_the_loss(sd, style
     def loss_at(step):
         return denoising_loss(sd, latents, encode_prompt(sd, [PROMPT], te), np.random.default_rng(2))
 
-    losses = fit([te.token_embedding_weight], loss_at, 6, 0.3, recipe.fine.ti_betas, recipe.fine.weight_decay,
-                 recipe.fine.eps, desc="test", after_step=keep_only_row(te.token_embedding_weight, f_id))
+    with te.trainable_row(f_id) as row:
+        losses = fit([row], loss_at, 6, 0.3, recipe.fine.ti_betas, recipe.fine.weight_decay, recipe.fine.eps,
+                     desc="test")
     assert np.all(np.diff(losses) < 0) and losses[-1] < 0.95 * losses[0]
     after = te.token_embedding_weight.numpy()
     changed = np.flatnonzero(np.any(after != before, axis=1))
     assert changed.tolist() == [f_id]
+    np.testing.assert_array_equal(after[f_id], row.numpy())
+
+
+def test_training_one_row_is_the_originals_whole_table_update(sd, style, recipe):
+    """The original: AdamW on the whole table (weight decay on), every other row put back after each step."""
+    latents = fixed_batch(sd, style, recipe)
+    cfg = recipe.fine
+    encoders = []
+    for _ in range(2):
+        te = sd.text_encoder.clone()
+        encoders.append((te, add_token(sd.tokenizer, te, "<F>", "artistic")))
+
+    def loss_of(te):
+        return lambda step: denoising_loss(sd, latents, encode_prompt(sd, [PROMPT], te), np.random.default_rng(step))
+
+    (table_te, f_id), (row_te, _) = encoders
+    table = table_te.token_embedding_weight
+    frozen = table.numpy()
+    optimizer = jt.optim.AdamW([table], lr=0.05, eps=cfg.eps, betas=tuple(cfg.ti_betas), weight_decay=0.1)
+    for step in range(3):
+        optimizer.step(loss_of(table_te)(step))
+        frozen[f_id] = table.numpy()[f_id]
+        table.assign(jt.array(frozen))
+    with row_te.trainable_row(f_id) as row:
+        fit([row], loss_of(row_te), 3, 0.05, cfg.ti_betas, 0.1, cfg.eps, desc="test")
+    np.testing.assert_allclose(row_te.token_embedding_weight.numpy(), table.numpy(), rtol=0, atol=1e-6)
+    assert np.abs(table.numpy()[f_id] - sd.text_encoder.token_embedding_weight.numpy()[
+        sd.tokenizer.convert_tokens_to_ids("artistic")]).max() > 1e-3  # the row did move
 
 
 def test_unet_lora_changes_only_lora_weights_and_lowers_the_loss(sd, style, recipe):

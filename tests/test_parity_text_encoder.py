@@ -126,6 +126,28 @@ def test_new_row_trains_alone(ids):
     assert not grad[~used].any()
 
 
+def test_trainable_row_is_the_table_row_with_its_own_gradient(ids):
+    _, te = build_pair("quick_gelu")
+    (new,) = te.add_token_rows([3])
+    prompt = ids.copy()
+    prompt[:, 4] = new
+    table_grad = jt.grad(te(jt.array(prompt)).sqr().sum(), te.token_embedding_weight).numpy()
+    before = te(jt.array(prompt)).numpy()
+    with te.trainable_row(new) as row:
+        np.testing.assert_array_equal(te(jt.array(prompt)).numpy(), before)
+        row_grad = jt.grad(te(jt.array(prompt)).sqr().sum(), row).numpy()
+        row.assign(row + jt.array(np.random.default_rng(0).standard_normal(row.shape).astype(np.float32)))
+        moved = te(jt.array(prompt)).numpy()
+    np.testing.assert_allclose(row_grad, table_grad[new], rtol=1e-5, atol=1e-6)
+    table = te.token_embedding_weight.numpy()
+    np.testing.assert_array_equal(table[new], row.numpy())
+    np.testing.assert_allclose(te(jt.array(prompt)).numpy(), moved, rtol=0, atol=1e-5)  # now read from the table
+    assert np.abs(moved - before).max() > 1e-3
+    with pytest.raises(ValueError, match="token id 99 is outside the vocabulary"):
+        with te.trainable_row(99):
+            pass
+
+
 def test_clone_is_independent(ids):
     _, te = build_pair("gelu")
     twin = te.clone()

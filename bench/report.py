@@ -1,0 +1,117 @@
+"""The performance table of docs/performance.md from the benchmarks' JSON lines (bench/run.sh writes them).
+
+    python bench/report.py bench-results.jsonl        # markdown on stdout
+Lines it does not know are skipped; a measurement missing from the file shows as "–".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Optional
+
+from styleblend.config import load_recipe
+
+TRAININGS = ["textual_inversion", "unet_lora", "text_encoder_lora"]
+
+
+def read(path: Path) -> List[dict]:
+    """The JSON objects of ``path``, one per line that holds one."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+    return rows
+
+
+def pick(rows: List[dict], **match) -> Optional[dict]:
+    """The last row whose fields equal ``match`` (a missing field counts as False)."""
+    found = [r for r in rows if all(r.get(k, False) == v for k, v in match.items())]
+    return found[-1] if found else None
+
+
+def num(row: Optional[dict], key: str, digits: int = 1) -> str:
+    return "–" if row is None or row.get(key) is None else f"{row[key]:.{digits}f}"
+
+
+def ratio(ours: Optional[dict], base: Optional[dict], key: str) -> str:
+    if ours is None or base is None or not base.get(key):
+        return "–"
+    return f"{ours[key] / base[key]:.2f}×"
+
+
+def report(rows: List[dict]) -> str:
+    """Markdown: the card(s), the UNet step, the StyleBlend image, the training of one style."""
+    cards = sorted({r["device"] for r in rows if "device" in r})
+    out = [f"Card: {', '.join(cards) or '–'}", "",
+           "| what | dtype | ours | diffusers | ratio | peak ours (MiB) | peak diffusers (MiB) |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for dtype in ("float16", "float32"):
+        ours, base = pick(rows, impl="jittor", dtype=dtype, batch=4), pick(rows, impl="diffusers", dtype=dtype, batch=4)
+        out.append(f"| UNet step, batch 4, 96² (ms) | {dtype} | {num(ours, 'ms_per_step')} | "
+                   f"{num(base, 'ms_per_step')} | {ratio(ours, base, 'ms_per_step')} | {num(ours, 'peak_gpu_mb', 0)} | "
+                   f"{num(base, 'peak_gpu_mb', 0)} |")
+    images = [r for r in rows if r.get("what", "").startswith("StyleBlend image")]
+    for dtype in ("float16", "float32"):
+        ours, base = pick(images, impl="jittor", memory=False, dtype=dtype), pick(images, impl="diffusers", dtype=dtype)
+        what = (ours or base or {}).get("what", "StyleBlend image")
+        out.append(f"| {what} (s) | {dtype} | {num(ours, 'seconds', 2)} | "
+                   f"{num(base, 'seconds', 2)} | {ratio(ours, base, 'seconds')} | {num(ours, 'peak_gpu_mb', 0)} | "
+                   f"{num(base, 'peak_gpu_mb', 0)} |")
+    out += ["", training(rows), "", memory(rows)]
+    return "\n".join(out) + "\n"
+
+
+def training(rows: List[dict]) -> str:
+    """Minutes of one style with the default recipe: the three trainings' steps and the SDEdit data."""
+    recipe = load_recipe()
+    steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
+             "text_encoder_lora": recipe.coarse.steps}
+    train = next((r for r in reversed(rows) if all(f"{k}_ms" in r for k in TRAININGS) and not r.get("memory")),
+                 None)
+    sdedit = next((r for r in reversed(rows) if "sdedit_minutes" in r), None)
+    out = ["| one style, default recipe | dtype | ms / step | steps | minutes |", "|---|---|---:|---:|---:|"]
+    total: Optional[float] = 0.0
+    for name in TRAININGS:
+        ms = None if train is None else train[f"{name}_ms"]
+        minutes = None if ms is None else ms * steps[name] / 60000
+        total = None if minutes is None or total is None else total + minutes
+        out.append(f"| {name.replace('_', ' ')} | {train['dtype'] if train else '–'} | {ms if ms else '–'} | "
+                   f"{steps[name]} | {'–' if minutes is None else f'{minutes:.1f}'} |")
+    table = pick(rows, **{"textual_inversion_table_finite": True})
+    if table is not None:
+        out.append(f"| (textual inversion on the whole token table, as the original) | {table['dtype']} | "
+                   f"{table['textual_inversion_table_ms']} | – | – |")
+    sd_min = None if sdedit is None else sdedit["sdedit_minutes"]
+    out.append(f"| SDEdit data ({recipe.sdedit.candidates} candidates × 3 images) | {sdedit['dtype'] if sdedit else '–'} "
+               f"| – | – | {'–' if sd_min is None else sd_min} |")
+    total = None if total is None or sd_min is None else total + sd_min
+    out.append(f"| **sum** | | | | **{'–' if total is None else f'{total:.1f}'}** |")
+    if train is not None:
+        out.append(f"\nTraining process peak (nvidia-smi): {train['peak_gpu_mb']:.0f} MiB.")
+    return "\n".join(out)
+
+
+def memory(rows: List[dict]) -> str:
+    """Jittor's own peak of live variables beside nvidia-smi's, for the runs made with --memory."""
+    out = ["| run (--memory) | dtype | nvidia-smi peak (MiB) | Jittor live peak (MiB) | largest live variables (MiB) |",
+           "|---|---|---:|---:|---|"]
+    for r in rows:
+        if "jittor_live_peak_mb" in r:
+            what = r.get("what") or "training: " + ", ".join(k[:-3] for k in r if k.endswith("_ms"))
+            largest = "; ".join(f"{mb} {var}" for mb, var in r["jittor_largest_vars"])
+            out.append(f"| {what} | {r['dtype']} | {r['peak_gpu_mb']:.0f} | {r['jittor_live_peak_mb']} | {largest} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, help="a JSON-lines file of bench/run.sh")
+    a = p.parse_args()
+    if not a.results.is_file():
+        raise SystemExit(f"bench/report.py: no results file {a.results} (run bench/run.sh first)")
+    print(report(read(a.results)), end="")
+
+
+if __name__ == "__main__":
+    main()
