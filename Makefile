@@ -67,7 +67,5 @@ data: $(SETUP)  ## lay out downloaded B images: make data B_IMAGES=/path/to/B
 gpu-setup:  ## once per CUDA 13 / cuDNN 9 GPU machine: patch the installed Jittor so it builds there
 	$(PY) -m styleblend.gpu_setup
 
-bench: $(SETUP)  ## GPU benchmarks, ours vs diffusers, one JSON line each (see docs/performance.md)
-	for dtype in float32 float16; do for impl in jittor diffusers; do \
-	  STYLEBLEND_DEVICE=cuda $(PY) bench/unet_step.py --impl $$impl --dtype $$dtype; done; done
-	STYLEBLEND_DEVICE=cuda $(PY) bench/probe_ops.py
+bench: $(SETUP)  ## GPU benchmarks, ours vs diffusers, and their table (docs/performance.md); RESULTS=file.jsonl
+	JITTOR_PYTHON=$(PY) TORCH_PYTHON=$(PY) bash bench/run.sh $(or $(RESULTS),bench-results.jsonl)

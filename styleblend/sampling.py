@@ -71,8 +71,14 @@ def denoise(sd, latents: jt.Var, cond: jt.Var, uncond: Optional[jt.Var], timeste
 
 
 def decode_latents(sd, latents: jt.Var) -> jt.Var:
-    """Latents (scaled as the UNet sees them) -> images ``[B, 3, H, W]`` in about [-1, 1]."""
-    return sd.vae.decode(latents / sd.vae.config["scaling_factor"])
+    """Latents (scaled as the UNet sees them) -> images ``[B, 3, H, W]`` in about [-1, 1], one image at a time:
+    the VAE decoder's full-size activations are an image's largest tensors (measured: 3 × 576 MiB live for two
+    768² images in float16), so a batch would multiply the peak."""
+    images = []
+    for i in range(latents.shape[0]):
+        images.append(sd.vae.decode(latents[i:i + 1] / sd.vae.config["scaling_factor"]))
+        images[-1].sync()
+    return jt.concat(images)
 
 
 def to_pil(images: jt.Var) -> List[Image.Image]:
