@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+from styleblend_image import B_IMAGES_PER_STYLE
+
 from styleblend.config import load_recipe
 
 TRAININGS = ["textual_inversion", "unet_lora", "text_encoder_lora"]
@@ -83,8 +85,8 @@ def training(rows: List[dict]) -> str:
         out.append(f"| (textual inversion on the whole token table, as the original) | {table['dtype']} | "
                    f"{table['textual_inversion_table_ms']} | – | – |")
     sd_min = None if sdedit is None else sdedit["sdedit_minutes"]
-    out.append(f"| SDEdit data ({recipe.sdedit.candidates} candidates × 3 images) | {sdedit['dtype'] if sdedit else '–'} "
-               f"| – | – | {'–' if sd_min is None else sd_min} |")
+    out.append(f"| SDEdit data ({recipe.sdedit.candidates} candidates × {B_IMAGES_PER_STYLE} images) | "
+               f"{sdedit['dtype'] if sdedit else '–'} | – | – | {'–' if sd_min is None else sd_min} |")
     total = None if total is None or sd_min is None else total + sd_min
     out.append(f"| **sum** | | | | **{'–' if total is None else f'{total:.1f}'}** |")
     if train is not None:

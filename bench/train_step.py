@@ -94,7 +94,8 @@ def main() -> None:
         context = encode_prompt(sd, prompt)
     add_lora(sd.unet, recipe.fine.lora_targets, recipe.fine.lora_rank, recipe.fine.lora_alpha)
     ti_encoder = sd.text_encoder.clone()
-    result = {"dtype": a.dtype, "resolution": resolution, "staged": a.staged, "memory": a.memory, "device": gpu_name(), **levers()}
+    result = {"dtype": a.dtype, "resolution": resolution, "staged": a.staged, "memory": a.memory,
+              "device": gpu_name(), **levers()}
     with GpuPeak() as peak, ti_encoder.trainable_row(token_id) as row:
         jobs = {
             "textual_inversion": ([row], lambda s: denoising_loss(

@@ -114,11 +114,17 @@ def test_add_token_rows_copies_init_rows_and_keeps_old_outputs(ids):
         te.add_token_rows([VOCAB + 2])
 
 
-def test_new_row_trains_alone(ids):
+def with_new_row(ids):
+    """(a text encoder with one new token row, that row's id, ``ids`` with the token at position 4)."""
     _, te = build_pair("quick_gelu")
     (row,) = te.add_token_rows([3])
     prompt = ids.copy()
     prompt[:, 4] = row
+    return te, row, prompt
+
+
+def test_new_row_trains_alone(ids):
+    te, row, prompt = with_new_row(ids)
     grad = jt.grad(te(jt.array(prompt)).sqr().sum(), te.token_embedding_weight).numpy()
     assert np.abs(grad[row]).max() > 0
     used = np.zeros(len(grad), bool)
@@ -127,10 +133,7 @@ def test_new_row_trains_alone(ids):
 
 
 def test_trainable_row_is_the_table_row_with_its_own_gradient(ids):
-    _, te = build_pair("quick_gelu")
-    (new,) = te.add_token_rows([3])
-    prompt = ids.copy()
-    prompt[:, 4] = new
+    te, new, prompt = with_new_row(ids)
     table_grad = jt.grad(te(jt.array(prompt)).sqr().sum(), te.token_embedding_weight).numpy()
     before = te(jt.array(prompt)).numpy()
     with te.trainable_row(new) as row:
