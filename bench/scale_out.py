@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from unet_step import gpu_name
 
+from styleblend.notebook_runner import died_logs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,7 +102,8 @@ def main() -> None:
             "parallel_s": round(parallel, 1), "speedup": round(serial / parallel, 2), "target": round(0.9 * n, 2),
             "images": len(serial_images),
             "identical_images": serial_images == image_hashes(a.work / "parallel" / "result"),
-            "serial_vs_parallel": across}
+            "serial_vs_parallel": across,
+            "kernel_deaths": {run: len(died_logs(a.work / run / "outputs")) for run in ("serial", "parallel")}}
     if a.warmup:
         repeat = pixel_difference(a.work / "warmup" / "result", a.work / "serial" / "result")
         line.update(repeat_same_gpu=repeat, same_images=across["max"] <= repeat["max"])

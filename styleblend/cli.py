@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .errors import StyleBlendError
+from .notebook_runner import KERNEL_RETRIES
 
 STAGES = ("sdedit", "coarse", "fine", "generate", "reproduce")
 
@@ -23,10 +24,18 @@ def _styles(text: Optional[str]) -> Optional[List[str]]:
     return [s for s in text.replace(",", " ").split() if s]
 
 
+def _count(text: str) -> int:
+    """A whole number ≥ 0 (argparse type)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 0")
+    return int(text)
+
+
 def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="set_name", default="B", help="set name: results go to RESULTS/SET/STYLE (default B)")
     p.add_argument("--styles", default=None, help="style ids, e.g. 00,05 (default: every style found in --data)")
-    p.add_argument("--data", default=None, help="folder holding <style>/images and <style>/prompt.json (default data/SET)")
+    p.add_argument("--data", default=None,
+                   help="folder holding <style>/images and <style>/prompt.json (default data/SET)")
 
 
 def _paths(p: argparse.ArgumentParser) -> None:
@@ -65,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
     nb.add_argument("--gpus", default=None, help="GPU ids, e.g. 0,1,2,3: each style holds a free one and its "
                     "processes see only it (CUDA_VISIBLE_DEVICES); default: nothing pinned")
+    nb.add_argument("--kernel-retries", type=_count, default=KERNEL_RETRIES, help="start a notebook again this "
+                    "many times when its kernel dies (a crash, not an error in a cell); default %(default)s")
     nb.add_argument("--no-merge", action="store_true", help="write only OUTPUTS/reports/<style>.csv (parallel jobs; "
                     "merge-reports joins them)")
     st = sub.add_parser("styles", help="print the selected style ids in run order (make reproduce, Slurm array tasks)")
@@ -79,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("write-tiny", help="write the tiny random SD model (diffusers folder format)")
     tiny.add_argument("path")
     tiny.add_argument("--seed", type=int, default=0)
-    rnd = sub.add_parser("write-random", help="write a full SD 2.1-architecture folder with random weights (GPU timing)")
+    rnd = sub.add_parser("write-random",
+                         help="write a full SD 2.1-architecture folder with random weights (GPU timing)")
     rnd.add_argument("path")
     rnd.add_argument("--seed", type=int, default=0)
     rnd.add_argument("--dtype", default="float16", choices=["float16", "float32"])
@@ -124,7 +136,8 @@ def _evaluate(args) -> None:
     from .evaluate import EvalModels, evaluate_set, markdown_table
 
     scores = evaluate_set(args.set_name, Path(args.results), _data_root(args), styles=_styles(args.styles),
-                          models=EvalModels(dino=args.dino, clip=args.clip, lpips=args.lpips or None, fid=args.fid), out_csv=args.out)
+                          models=EvalModels(dino=args.dino, clip=args.clip, lpips=args.lpips or None, fid=args.fid),
+                          out_csv=args.out)
     print(markdown_table(scores))
 
 
@@ -136,7 +149,8 @@ def _notebooks(args) -> None:
     gpus = parse_gpus(args.gpus)
     styles = select_styles(_data_root(args), _styles(args.styles))
     rows = run_notebooks(args.set_name, _data_root(args), styles, args.results, args.checkpoints, args.outputs,
-                         model=args.model, recipe=args.config, gpus=gpus, merge=not args.no_merge)
+                         model=args.model, recipe=args.config, gpus=gpus, merge=not args.no_merge,
+                         kernel_retries=args.kernel_retries)
     failed = unfinished(rows, styles)
     if failed:
         report = Path(args.outputs) / ("reports" if args.no_merge else "report.md")

@@ -1,8 +1,9 @@
 """``make reproduce``: run the numbered notebooks with papermill for each style, and write a run report.
 
 Each notebook runs in its own papermill process; the report records its time, the peak memory of its process
-tree (kernel included) and its status. A failing notebook stops that style (its executed copy is kept, with
-the error in it), other styles go on, and a re-run skips what the report already lists as ``ok``.
+tree (kernel included) and its status. A notebook whose kernel died is started once more; a failing notebook
+stops that style (its executed copy is kept, with the error in it), other styles go on, and a re-run skips what
+the report already lists as ``ok``.
 
 Each style has its own report, ``outputs/reports/<style>.csv``, so styles run in parallel (``make -jN``, Slurm
 array tasks) never write the same file; :func:`merge_reports` joins them into ``outputs/report.md`` + ``.csv``.
@@ -30,6 +31,11 @@ from .memory import gpu_used_mb
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
 REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
+# A notebook whose kernel died is run again this many times: real-size runs on H100s lost 3 of 20 runs of one
+# notebook to an intermittent crash inside Jittor (docs/performance.md, scale-out); errors in cells are not retried.
+KERNEL_RETRIES = 1
+KERNEL_DIED = "DeadKernelError"  # what papermill (nbclient) reports when the kernel process is gone
+DIED_LOG = ".died{}.log"  # <notebook>.died<N>.log: the log of a notebook's N-th attempt whose kernel died
 TINY_MODEL_BANNER = ("!! No MODEL given: running the embedded TINY model with RANDOM weights at smoke sizes.\n"
                      "!! The images prove the pipeline runs; they are not from a trained Stable Diffusion.")
 
@@ -119,7 +125,8 @@ def write_report(rows: Sequence[ReportRow], outputs: Path, header: str) -> None:
     for r in rows:
         gpu = "" if r.peak_gpu_mb in (None, "") else f"{float(r.peak_gpu_mb):.0f}"
         status = r.status if not r.message else f"{r.status}: {r.message}"
-        lines.append(f"| {r.notebook} | {r.style} | {float(r.seconds):.1f} | {float(r.peak_ram_mb):.0f} | {gpu} | {status} |")
+        lines.append(f"| {r.notebook} | {r.style} | {float(r.seconds):.1f} | {float(r.peak_ram_mb):.0f} | {gpu} "
+                     f"| {status} |")
     text = "\n".join(lines) + "\n"
     write_atomic(outputs / "report.md", lambda tmp: tmp.write_text(text), overwrite=True)
 
@@ -139,24 +146,43 @@ def unfinished(rows: Iterable[ReportRow], styles: Sequence[str], folder: Path = 
     return [s for s in styles if any((s, nb.stem) not in ok for nb in notebooks(folder))]
 
 
-def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[str, str]) -> ReportRow:
-    """Execute one notebook with papermill in a child process, measuring time and peak memory."""
+def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[str, str],
+            kernel_retries: int = KERNEL_RETRIES) -> ReportRow:
+    """Execute one notebook with papermill in a child process, measuring time and peak memory.
+
+    A kernel that dies (the process vanishes, e.g. a crash inside Jittor) is started again up to
+    ``kernel_retries`` times; each dead attempt's log is kept as ``<notebook>.died<N>.log``. An error raised in a
+    cell is not retried. The row's time and peaks cover every attempt.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(notebook.parent),
            "--no-progress-bar", "--log-level", "WARNING"]
     for key, value in parameters.items():
         cmd += ["-r", key, str(value)]  # -r: raw strings (with -p, papermill would turn style "05" into 5)
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
-        log, _ = proc.communicate()
+    start, ram_mb, gpu_mb, died = time.perf_counter(), 0.0, None, []
+    while True:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
+            log, _ = proc.communicate()
+        ram_mb = max(ram_mb, peak.ram_mb)
+        gpu_mb = peak.gpu_mb if gpu_mb is None else max(gpu_mb, peak.gpu_mb or 0.0)
+        if proc.returncode == 0 or KERNEL_DIED not in log or len(died) >= kernel_retries:
+            break
+        died.append(out.with_suffix(DIED_LOG.format(len(died) + 1)))
+        write_atomic(died[-1], lambda tmp: tmp.write_text(log), overwrite=True)
     status = "ok" if proc.returncode == 0 else "failed"
-    message = ""
+    logs = ", ".join(map(str, died))
+    messages = [f"the kernel died {len(died)}× and was started again (logs: {logs})"] if died else []
     if status == "failed":  # papermill's output, the kernel's stderr included, kept beside the executed notebook
         write_atomic(out.with_suffix(".log"), lambda tmp: tmp.write_text(log), overwrite=True)
-        message = _last_error(log, out)
-    return ReportRow(notebook.stem, str(parameters["style"]), time.perf_counter() - start, peak.ram_mb,
-                     peak.gpu_mb, status, message)
+        messages.append(_last_error(log, out))
+    return ReportRow(notebook.stem, str(parameters["style"]), time.perf_counter() - start, ram_mb, gpu_mb, status,
+                     "; ".join(messages))
+
+
+def died_logs(folder: Path) -> List[Path]:
+    """The logs of every dead kernel that was started again, under ``folder`` (e.g. ``outputs/notebooks``)."""
+    return sorted(Path(folder).rglob("*" + DIED_LOG.format("*")))
 
 
 def _last_error(log: str, out: Path) -> str:
@@ -167,10 +193,12 @@ def _last_error(log: str, out: Path) -> str:
 
 def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
                   model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print, gpus: Sequence[str] = (),
-                  merge: bool = True, recipe: Optional[str] = None) -> List[ReportRow]:
+                  merge: bool = True, recipe: Optional[str] = None,
+                  kernel_retries: int = KERNEL_RETRIES) -> List[ReportRow]:
     """Run 00→06 for each style, on a free GPU of ``gpus`` if any; returns these styles' rows.
 
     ``recipe``: a recipe YAML that every notebook lays over the defaults (its ``recipe_file`` parameter).
+    ``kernel_retries``: how often a notebook whose kernel died is started again (see :func:`run_one`).
 
     A style's report is rewritten after every notebook, so an interruption loses nothing; ``merge`` rewrites the
     joined report each time too (parallel jobs leave that to one :func:`merge_reports` at the end).
@@ -184,9 +212,9 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
                **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
     if tiny:
         echo(TINY_MODEL_BANNER)
-    params = {"set_name": set_name, "data_root": Path(data_root).resolve(), "results_root": Path(results_root).resolve(),
-              "checkpoints_root": Path(checkpoints_root).resolve(), "output_root": outputs, "model": model or "",
-              "recipe_file": Path(recipe).resolve() if recipe else ""}
+    params = {"set_name": set_name, "data_root": Path(data_root).resolve(),
+              "results_root": Path(results_root).resolve(), "checkpoints_root": Path(checkpoints_root).resolve(),
+              "output_root": outputs, "model": model or "", "recipe_file": Path(recipe).resolve() if recipe else ""}
     all_rows: List[ReportRow] = []
     for style in styles:
         report = style_report(outputs, style)
@@ -202,7 +230,8 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
             if gpu is not None:
                 echo(f"style {style} on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})")
             for nb in todo:
-                row = run_one(nb, outputs / "notebooks" / style / nb.name, dict(params, style=style), gpu_env(env, gpu))
+                row = run_one(nb, outputs / "notebooks" / style / nb.name, dict(params, style=style),
+                              gpu_env(env, gpu), kernel_retries)
                 rows[(style, nb.stem)] = row
                 _write_csv(rows.values(), report)
                 if merge:

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from styleblend.errors import ConfigError
-from styleblend.notebook_runner import run_notebooks
+from styleblend.notebook_runner import died_logs, run_notebooks
 
 
 def _notebook(path, body):
@@ -89,8 +89,42 @@ def test_a_recipe_file_reaches_every_notebook_and_a_bad_one_stops_before_any(tmp
 def test_a_crashed_kernel_leaves_its_python_stack_in_a_log(tmp_path):
     folder = _one_notebook(tmp_path, "00_crash.ipynb", "import ctypes\ndef read_address_zero():\n"
                            "    ctypes.string_at(0)\nread_address_zero()")
-    [row] = _run(tmp_path, ["a"], folder)
+    [row] = _run(tmp_path, ["a"], folder, kernel_retries=0)
     log = tmp_path / "outputs" / "notebooks" / "a" / "00_crash.log"
     assert row.status == "failed" and str(log) in row.message
     text = log.read_text()
     assert "Segmentation fault" in text and "read_address_zero" in text, text[-2000:]
+
+
+def _dies_once(tmp_path):
+    """A notebook whose kernel kills itself the first time it runs (marker file) and passes the second time."""
+    marker = tmp_path / "died-once"
+    body = (f"import os, pathlib, signal\nmarker = pathlib.Path({str(marker)!r})\n"
+            "if not marker.exists():\n    marker.touch()\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "print('second attempt')")
+    return _one_notebook(tmp_path, "00_flaky.ipynb", body)
+
+
+def test_a_dead_kernel_is_started_again_and_its_log_kept(tmp_path):
+    [row] = _run(tmp_path, ["a"], _dies_once(tmp_path))
+    nb = tmp_path / "outputs" / "notebooks" / "a" / "00_flaky.ipynb"
+    died = nb.with_suffix(".died1.log")
+    assert row.status == "ok" and "died 1×" in row.message and str(died) in row.message
+    assert "DeadKernelError" in died.read_text()
+    assert died_logs(tmp_path / "outputs") == [died]
+    assert "second attempt" in nb.read_text()
+    assert not nb.with_suffix(".log").exists(), "an ok notebook has no failure log"
+
+
+def test_without_retries_a_dead_kernel_fails_the_notebook(tmp_path):
+    [row] = _run(tmp_path, ["a"], _dies_once(tmp_path), kernel_retries=0)
+    assert row.status == "failed" and "DeadKernelError" in row.message and "started again" not in row.message
+
+
+def test_an_error_in_a_cell_is_not_retried(tmp_path):
+    counter = tmp_path / "runs"
+    folder = _one_notebook(tmp_path, "00_error.ipynb", f"import pathlib\nrun = pathlib.Path({str(counter)!r})\n"
+                           "run.write_text(run.read_text() + 'x' if run.exists() else 'x')\nraise ValueError('broken')")
+    [row] = _run(tmp_path, ["a"], folder, kernel_retries=3)
+    assert row.status == "failed" and "broken" in row.message
+    assert counter.read_text() == "x", "the notebook ran once"
