@@ -50,6 +50,9 @@ def make_reproduce(work: Path, set_name: str, data: Path, styles, gpus: str, job
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    for line in done.stdout.splitlines():  # the runner's line per notebook: its time, peak RAM, any kernel death
+        if line.startswith(("ok", "failed")):
+            print(f"{work.name}: {line}", file=sys.stderr)
     print(f"{work.name}: {len(styles)} style(s) on GPUs [{gpus}] with -j{jobs} in {seconds:.1f} s", file=sys.stderr)
     return seconds
 
