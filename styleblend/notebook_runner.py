@@ -31,8 +31,8 @@ from .memory import gpu_used_mb
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
 REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
-# A notebook whose kernel died is run again this many times: real-size runs on H100s lost 3 of 20 runs of one
-# notebook to an intermittent crash inside Jittor (docs/performance.md, scale-out); errors in cells are not retried.
+# A notebook whose kernel died is run again this many times: real-size runs on H100s lose some runs to an
+# intermittent crash inside Jittor (the tally: docs/performance.md, scale-out); errors in cells are not retried.
 KERNEL_RETRIES = 1
 KERNEL_DIED = "DeadKernelError"  # what papermill (nbclient) reports when the kernel process is gone
 DIED_LOG = ".died{}.log"  # <notebook>.died<N>.log: the log of a notebook's N-th attempt whose kernel died
