@@ -4,7 +4,8 @@
 #
 #   bash bench/device_scale_out.sh SECONDS smoke reduced   # start (first call) or wait for (later calls) the runs
 #
-# smoke = tiny model, smoke recipe; reduced = SD 2.1 architecture (random weights), bench/recipes/scale_out.yaml.
+# smoke = tiny model, smoke recipe; reduced = SD 2.1 architecture (random weights), bench/recipes/scale_out_half.yaml,
+# 3 prompts a style.
 # Carried: .whl/ (see bench/device_setup.sh) and .device/B/<style>/ for at least as many styles as GPUs. Each
 # recipe runs bench/scale_out.py (one style warm-up, N styles on GPU 0, then make -jN on all N GPUs) and appends
 # its JSON line to scale_out.jsonl; bench/device_background.sh keeps the runs going between calls and brings back
@@ -19,7 +20,7 @@ if [ "${1:-}" = --now ]; then   # one recipe, in the foreground (the background 
   case ${2:?recipe} in
     smoke) args=() ;;
     reduced) python3 -m styleblend.cli write-random /tmp/sd21-random >/dev/null || exit 1
-             args=(--model /tmp/sd21-random --recipe bench/recipes/scale_out.yaml) ;;
+             args=(--model /tmp/sd21-random --recipe bench/recipes/scale_out_half.yaml --prompts 3) ;;
     *) echo "unknown recipe $2 (smoke or reduced)" >&2; exit 2 ;;
   esac
   exec python3 bench/scale_out.py --data .device/B --styles $styles --gpus "$(seq -s, 0 $((n - 1)))" --warmup \

@@ -9,6 +9,8 @@ first runs one style untimed, so Jittor's one-off operator compilation counts in
 the noise floor: the same style, same seeds, same GPU, run twice (warm-up vs serial) differ by GPU kernels'
 run-to-run nondeterminism alone. ``same_images`` holds when serial and parallel differ by no more than that.
 --gpus "" runs both without pinning (a CPU check of the plumbing; no speed-up to expect there).
+``compiled_ops`` counts the operators Jittor compiled during each timed run (none, when the warm-up covered them),
+and the log lists where the first style's serial notebooks spend their time, cell by cell.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from unet_step import gpu_name
 from styleblend.notebook_runner import died_logs
 
 ROOT = Path(__file__).resolve().parents[1]
+JITTOR_CACHE = Path.home() / ".cache" / "jittor"  # Jittor's default home: each compiled operator is a jit/*.so
 
 
 def trimmed_set(source: Path, styles, prompts: int, dest: Path) -> Path:
@@ -55,6 +58,29 @@ def make_reproduce(work: Path, set_name: str, data: Path, styles, gpus: str, job
             print(f"{work.name}: {line}", file=sys.stderr)
     print(f"{work.name}: {len(styles)} style(s) on GPUs [{gpus}] with -j{jobs} in {seconds:.1f} s", file=sys.stderr)
     return seconds
+
+
+def compiled_ops() -> int:
+    """Operators Jittor has compiled on this machine so far (its cache's ``jit/*.so`` files)."""
+    return sum(1 for _ in JITTOR_CACHE.glob("**/jit/*.so"))
+
+
+def cell_times(notebooks: Path, slowest: int = 2) -> list:
+    """Per executed notebook in ``notebooks``: its cells' total seconds and its slowest cells (papermill's
+    per-cell durations; the rest of a notebook's time is the kernel's start and end)."""
+    lines = []
+    for path in sorted(notebooks.glob("*.ipynb")):
+        cells = [(c["metadata"].get("papermill", {}).get("duration") or 0.0, c) for c in
+                 json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        top = sorted(cells, key=lambda item: -item[0])[:slowest]
+        named = " | ".join(f"{t:.1f} s `{_first_statement(c)}`" for t, c in top)
+        lines.append(f"{path.stem}: cells {sum(t for t, _ in cells):.1f} s; slowest {named}")
+    return lines
+
+
+def _first_statement(cell) -> str:
+    source = "".join(cell["source"]).splitlines()
+    return next((l.strip() for l in source if l.strip() and not l.lstrip().startswith("#")), "")[:70]
 
 
 def image_hashes(results: Path) -> dict:
@@ -95,8 +121,13 @@ def main() -> None:
     run = dict(set_name=a.set_name, data=data, model=a.model, recipe=a.recipe)
     if a.warmup:
         make_reproduce(a.work / "warmup", styles=a.styles[:1], gpus=",".join(gpus[:1]), jobs=1, **run)
+    compiled = [compiled_ops()]
     serial = make_reproduce(a.work / "serial", styles=a.styles, gpus=",".join(gpus[:1]), jobs=1, **run)
+    compiled.append(compiled_ops())
+    for line in cell_times(a.work / "serial" / "outputs" / "notebooks" / a.styles[0]):
+        print(f"serial {a.styles[0]} {line}", file=sys.stderr)
     parallel = make_reproduce(a.work / "parallel", styles=a.styles, gpus=",".join(gpus), jobs=n, **run)
+    compiled.append(compiled_ops())
     recipe = a.recipe or ("smoke" if not a.model else "full")
     serial_images = image_hashes(a.work / "serial" / "result")
     across = pixel_difference(a.work / "serial" / "result", a.work / "parallel" / "result")
@@ -106,7 +137,8 @@ def main() -> None:
             "images": len(serial_images),
             "identical_images": serial_images == image_hashes(a.work / "parallel" / "result"),
             "serial_vs_parallel": across,
-            "kernel_deaths": {run: len(died_logs(a.work / run / "outputs")) for run in ("serial", "parallel")}}
+            "kernel_deaths": {run: len(died_logs(a.work / run / "outputs")) for run in ("serial", "parallel")},
+            "compiled_ops": {"serial": compiled[1] - compiled[0], "parallel": compiled[2] - compiled[1]}}
     if a.warmup:
         repeat = pixel_difference(a.work / "warmup" / "result", a.work / "serial" / "result")
         line.update(repeat_same_gpu=repeat, same_images=across["max"] <= repeat["max"])

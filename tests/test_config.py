@@ -227,3 +227,13 @@ def test_save_image_and_yaml(tmp_path):
         save_image(img, tmp_path / "x.webm")
     y = save_yaml(tmp_path / "c.yaml", {"b": 1, "a": [1, 2]})
     assert load_yaml(y) == {"b": 1, "a": [1, 2]} and y.read_text().startswith("b:")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "bench" / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_bench_recipes_load_and_only_shorten_the_run(path):
+    """The benches' recipe files are valid overlays that change step counts alone (sizes stay the real ones)."""
+    recipe, default = load_recipe(path), load_recipe()
+    assert recipe.sdedit.resolution == default.sdedit.resolution == recipe.blend.resolution
+    assert recipe.coarse.steps < default.coarse.steps and recipe.fine.ti_steps < default.fine.ti_steps
+    assert recipe.blend.steps < default.blend.steps and recipe.sdedit.candidates <= default.sdedit.candidates

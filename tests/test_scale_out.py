@@ -66,7 +66,8 @@ def test_a_claim_held_by_another_process_is_skipped_and_freed_when_it_dies(tmp_p
     locks = tmp_path / "locks"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom styleblend.gpus import claim_gpu\n"
-         "with claim_gpu(['0', '1'], sys.argv[1]) as gpu:\n    print(gpu, flush=True)\n    sys.stdin.read()", str(locks)],
+         "with claim_gpu(['0', '1'], sys.argv[1]) as gpu:\n    print(gpu, flush=True)\n    sys.stdin.read()",
+         str(locks)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "0"
@@ -170,12 +171,19 @@ def test_slurm_task_runs_the_style_of_its_index_in_the_serial_order(tmp_path):
     assert beyond.returncode == 2 and f"only {len(serial)} styles" in beyond.stderr
 
 
-def test_bench_pixel_difference_finds_the_largest_change_and_a_missing_image(tmp_path):
+@pytest.fixture
+def scale_out_bench():
+    """bench/scale_out.py as a module."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        from scale_out import pixel_difference
+        import scale_out
     finally:
         sys.path.remove(str(ROOT / "bench"))
+    return scale_out
+
+
+def test_bench_pixel_difference_finds_the_largest_change_and_a_missing_image(tmp_path, scale_out_bench):
+    pixel_difference = scale_out_bench.pixel_difference
     from PIL import Image
     import numpy as np
 
@@ -190,3 +198,24 @@ def test_bench_pixel_difference_finds_the_largest_change_and_a_missing_image(tmp
     Image.fromarray(image).save(tmp_path / "a" / "B" / "00" / "Zoo.png")
     with pytest.raises(SystemExit, match="Zoo.png is missing"):
         pixel_difference(tmp_path / "a", tmp_path / "b")
+
+
+def test_bench_counts_compiled_operators_and_times_cells(tmp_path, monkeypatch, scale_out_bench):
+    import nbformat
+
+    monkeypatch.setattr(scale_out_bench, "JITTOR_CACHE", tmp_path / "jittor")
+    assert scale_out_bench.compiled_ops() == 0
+    for folder, name in (("a/main/jit", "x_op.so"), ("a/main/jit", "y_op.so"), ("b/default/jit", "z_op.so")):
+        (tmp_path / "jittor" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "jittor" / folder / name).touch()
+    (tmp_path / "jittor" / "a" / "main" / "jit" / "x_op.cc").touch()
+    assert scale_out_bench.compiled_ops() == 3, "only compiled operators (jit/*.so) count"
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# title"), nbformat.v4.new_code_cell("# load\nmodel = load()"),
+                nbformat.v4.new_code_cell("train(model)"), nbformat.v4.new_code_cell("show()")]
+    for cell, seconds in zip(nb.cells, (0.5, 2.0, 7.25, None)):  # an unexecuted cell has no duration
+        cell.metadata["papermill"] = {"duration": seconds}
+    nbformat.write(nb, tmp_path / "02_coarse_style.ipynb")
+    assert scale_out_bench.cell_times(tmp_path) == [
+        "02_coarse_style: cells 9.2 s; slowest 7.2 s `train(model)` | 2.0 s `model = load()`"]
