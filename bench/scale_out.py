@@ -80,7 +80,7 @@ def cell_times(notebooks: Path, slowest: int = 2) -> list:
 
 def _first_statement(cell) -> str:
     source = "".join(cell["source"]).splitlines()
-    return next((l.strip() for l in source if l.strip() and not l.lstrip().startswith("#")), "")[:70]
+    return next((line.strip() for line in source if line.strip() and not line.lstrip().startswith("#")), "")[:70]
 
 
 def image_hashes(results: Path) -> dict:
