@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,14 +49,17 @@ def make_reproduce(work: Path, set_name: str, data: Path, styles, gpus: str, job
     cmd = ["make", f"-j{jobs}", "--no-print-directory", "reproduce", f"PY={sys.executable}", f"SET={set_name}",
            f"DATA={data}", f"STYLES={' '.join(styles)}", f"GPUS={gpus}", f"OUTPUTS={work / 'outputs'}",
            f"RESULTS={work / 'result'}", f"CHECKPOINTS={work / 'checkpoints'}", f"MODEL={model}", f"RECIPE={recipe}"]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    start, output = time.perf_counter(), []
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    for line in proc.stdout:  # the runner's line per notebook as it ends: its time, peak RAM, any kernel death
+        output.append(line)
+        if line.startswith(("ok", "failed")):  # clock time: a run cut short still shows how far it got
+            print(f"{time.strftime('%H:%M:%S')} {work.name}: {line.rstrip()}", file=sys.stderr)
+    code = proc.wait()
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    for line in done.stdout.splitlines():  # the runner's line per notebook: its time, peak RAM, any kernel death
-        if line.startswith(("ok", "failed")):
-            print(f"{work.name}: {line}", file=sys.stderr)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(output)[-6000:]}")
     print(f"{work.name}: {len(styles)} style(s) on GPUs [{gpus}] with -j{jobs} in {seconds:.1f} s", file=sys.stderr)
     return seconds
 
