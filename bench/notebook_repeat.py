@@ -6,8 +6,9 @@ scale-out: 02_coarse_style died in 2 of 9 real-size runs, ≈ 25 s in, at its fi
 
 The notebooks up to and including ``--notebook`` run once (through the package's runner, as ``make reproduce``
 does), then ``--notebook`` runs ``--runs`` more times; its training is then skipped (already trained), so each run
-is the loading and sampling where the crash was seen. Every other run sets Jittor's ``lazy_execution=0`` (each op
-runs when it is made, so a failure names the op that fails). One JSON line per run: status, seconds, the error;
+is the loading and sampling where the crash was seen. Every ``--eager-every``-th run sets Jittor's
+``lazy_execution=0`` (each op runs when it is made, so a failure names the op that fails; 0: never). A dead kernel
+is not started again (the runner's retry would hide the death). One JSON line per run: status, seconds, the error;
 a failed run's log (kernel stderr included) is copied to ``--logs``.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--recipe", default="")
     p.add_argument("--notebook", default="02_coarse_style")
     p.add_argument("--runs", type=int, default=8)
+    p.add_argument("--eager-every", type=int, default=2, help="every N-th run with lazy_execution=0; 0: never")
     p.add_argument("--logs", type=Path, default=Path(os.environ.get("OUT", ".")))
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="notebook_repeat_"))
@@ -43,11 +45,12 @@ def main() -> None:
         shutil.copy(nb, folder / nb.name)
     executed = work / "outputs" / "notebooks" / a.style / f"{a.notebook}.ipynb"
     for run in range(a.runs + 1):
-        eager = run % 2 == 0 and run > 0
+        eager = a.eager_every > 0 and run > 0 and run % a.eager_every == 0
         os.environ["lazy_execution"] = "0" if eager else "1"
         executed.unlink(missing_ok=True)  # the runner skips a notebook only when its executed copy exists
         rows = run_notebooks(a.set_name, a.data, [a.style], work / "result", work / "checkpoints", work / "outputs",
-                             model=a.model or None, folder=folder, recipe=a.recipe or None, echo=lambda *_: None)
+                             model=a.model or None, folder=folder, recipe=a.recipe or None, echo=lambda *_: None,
+                             kernel_retries=0)
         row = next((r for r in rows if r.notebook == a.notebook), None)
         if row is None:  # an earlier notebook failed
             raise SystemExit(f"stopped before {a.notebook}: " + "; ".join(f"{r.notebook} {r.status} {r.message}"
