@@ -1,5 +1,5 @@
 """One notebook run again and again in fresh kernels, to catch an intermittent crash (docs/performance.md,
-scale-out: 02_coarse_style died in 2 of 9 real-size runs, ≈ 25 s in, at its first sampling).
+scale-out: 02_coarse_style's kernel died now and then at real size, ≈ 25 s in, at its first sampling).
 
     python bench/notebook_repeat.py --data .device/B --style 00 --model /tmp/sd21-random \\
         --recipe bench/recipes/scale_out.yaml --notebook 02_coarse_style --runs 8
