@@ -19,6 +19,6 @@ fi
 
 source bench/device_background.sh
 background notebook_repeat "${1:?usage: bench/device_notebook_repeat.sh SECONDS [RUNS [EAGER_EVERY]]}" \
-  bash bench/device_notebook_repeat.sh --now "${2:-8}" "${3:-2}"
+  bash bench/device_notebook_repeat.sh --now "${@:2}"   # RUNS and EAGER_EVERY as given; --now fills in defaults
 cp /tmp/notebook_repeat_logs/*.log "${OUT:-.device/out}/" 2>/dev/null
 true
