@@ -15,9 +15,8 @@ RESULTS ?= result
 CHECKPOINTS ?= checkpoints
 OUTPUTS ?= outputs
 GPUS ?=
-export STYLEBLEND_QUIET ?= 1
 
-.PHONY: help setup test demo reproduce reproduce-merge reproduce-list lab data gpu-setup bench clean-outputs
+.PHONY: help setup warmup test demo reproduce reproduce-merge reproduce-list lab data gpu-setup bench clean-outputs
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,7 +29,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv with the pinned dependencies (+ test extras)
 
+# Jittor compiles its kernels on first use; warmup compiles those of every notebook once per machine, in one plain
+# process, so notebook kernels never compile (docs/first-run.md). It skips what this machine already compiled.
+warmup: $(SETUP)  ## compile the Jittor kernels the notebooks need, once per machine (demo, reproduce and test run it first)
+	$(PY) -m styleblend.cli warmup $(SELECT) $(if $(MODEL),--model $(MODEL)) $(if $(RECIPE),--config $(RECIPE))
+
 test: $(SETUP)  ## pytest (unit, parity, method) and nbval over every notebook in smoke mode, in one run
+	$(MAKE) --no-print-directory warmup SET=demo DATA=data/demo STYLES= MODEL= RECIPE=
 	STYLEBLEND_SMOKE=1 $(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg tests notebooks
 
 demo: $(SETUP)  ## the whole chain, every notebook, on the embedded tiny model and the committed demo styles
@@ -42,7 +47,7 @@ demo: $(SETUP)  ## the whole chain, every notebook, on the embedded tiny model a
 SELECT = --set $(SET) --data $(DATA) $(if $(STYLES),--styles "$(STYLES)")
 REPORT = --outputs $(OUTPUTS) $(if $(MODEL),--model $(MODEL))
 
-reproduce: $(SETUP)  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; RECIPE= a recipe YAML; -jN GPUS=0,1,.. = N styles at once)
+reproduce: warmup  ## run notebooks 00→06 with papermill for STYLES of SET (MODEL= a real SD 2.1; empty = tiny model, smoke sizes; RECIPE= a recipe YAML; -jN GPUS=0,1,.. = N styles at once)
 	@styles=$$($(PY) -m styleblend.cli styles $(SELECT)) && \
 	  { $(MAKE) -k --no-print-directory $$(printf 'reproduce-style-%s ' $$styles); \
 	    $(MAKE) --no-print-directory reproduce-merge; }

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(mr)
     mr.add_argument("--outputs", default="outputs", help="where the per-style reports are")
     mr.add_argument("--model", default=None, help="the model the styles ran with (the report's header)")
+    warm = sub.add_parser("warmup", help="compile every Jittor kernel the notebooks need, once per machine "
+                          "(make warmup; make demo, reproduce and test run it first)")
+    _selection(warm)
+    warm.add_argument("--model", default=None, help="SD 2.1 folder or hub id (default: the embedded tiny model)")
+    warm.add_argument("--config", default=None, help="the recipe YAML the notebooks will use")
+    warm.add_argument("--force", action="store_true", help="compile again even where this machine did")
     data = sub.add_parser("data", help="lay out downloaded style images into DATA/<style>/images")
     data.add_argument("--from", dest="source", required=True)
     data.add_argument("--data", required=True)
@@ -184,6 +190,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(" ".join(select_styles(_data_root(args), _styles(args.styles))))
         elif args.command == "merge-reports":
             _merge_reports(args)
+        elif args.command == "warmup":
+            from .data import select_styles
+            from .warmup import warm
+            style = select_styles(_data_root(args), _styles(args.styles))[0]
+            warm(args.set_name, _data_root(args), style, args.model, args.config, args.force)
         elif args.command == "data":
             from .data import import_images
             done = import_images(Path(args.source), Path(args.data))

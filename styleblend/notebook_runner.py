@@ -1,7 +1,8 @@
 """``make reproduce``: run the numbered notebooks with papermill for each style, and write a run report.
 
 Each notebook runs in its own papermill process; the report records its time, the peak memory of its process
-tree (kernel included) and its status. A notebook whose kernel died is started once more; a failing notebook
+tree (kernel included) and its status. A notebook whose kernel died (which should not happen; it is reported
+loudly) is started once more; a failing notebook
 stops that style (its executed copy is kept, with the error in it), other styles go on, and a re-run skips what
 the report already lists as ``ok``.
 
@@ -31,8 +32,8 @@ from .memory import gpu_used_mb
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
 REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
-# A notebook whose kernel died is run again this many times: real-size runs on H100s lose some runs to an
-# intermittent crash inside Jittor (the tally: docs/performance.md, scale-out); errors in cells are not retried.
+# A safety net, not a cure: a notebook whose kernel died is run again this many times, saying so loudly (kernels
+# died when Jittor compiled inside them: docs/first-run.md); errors in cells are not retried.
 KERNEL_RETRIES = 1
 KERNEL_DIED = "DeadKernelError"  # what papermill (nbclient) reports when the kernel process is gone
 DIED_LOG = ".died{}.log"  # <notebook>.died<N>.log: the log of a notebook's N-th attempt whose kernel died
@@ -147,7 +148,7 @@ def unfinished(rows: Iterable[ReportRow], styles: Sequence[str], folder: Path = 
 
 
 def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[str, str],
-            kernel_retries: int = KERNEL_RETRIES) -> ReportRow:
+            kernel_retries: int = KERNEL_RETRIES, echo=print) -> ReportRow:
     """Execute one notebook with papermill in a child process, measuring time and peak memory.
 
     A kernel that dies (the process vanishes, e.g. a crash inside Jittor) is started again up to
@@ -170,6 +171,8 @@ def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[
             break
         died.append(out.with_suffix(DIED_LOG.format(len(died) + 1)))
         write_atomic(died[-1], lambda tmp: tmp.write_text(log), overwrite=True)
+        echo(f"!! {parameters['style']} {notebook.stem}: the Jupyter kernel died (its log: {died[-1]}); starting the "
+             f"notebook again. This is not expected: please report it with that log.")
     status = "ok" if proc.returncode == 0 else "failed"
     logs = ", ".join(map(str, died))
     messages = [f"the kernel died {len(died)}× and was started again (logs: {logs})"] if died else []
@@ -231,7 +234,7 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
                 echo(f"style {style} on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})")
             for nb in todo:
                 row = run_one(nb, outputs / "notebooks" / style / nb.name, dict(params, style=style),
-                              gpu_env(env, gpu), kernel_retries)
+                              gpu_env(env, gpu), kernel_retries, echo)
                 rows[(style, nb.stem)] = row
                 _write_csv(rows.values(), report)
                 if merge:

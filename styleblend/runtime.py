@@ -9,12 +9,16 @@ Jittor reads its compiler flags from environment variables when it is first impo
   H100/H200 (``use_cutt=0 use_cutlass=0 use_nccl=0``). Run ``make gpu-setup`` once on such a machine first
   (see ``styleblend/gpu_setup.py``).
 
+* Compiling: :mod:`styleblend.jit_compile` (no forked compile pool; no compile threads in a notebook kernel).
+
 A user's own environment variable always wins: ``configure`` only sets what is unset.
 """
 from __future__ import annotations
 
 import os
 import sys
+
+from . import jit_compile
 
 CPU_FLAGS = {"use_mkl": "0", "nvcc_path": "", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
 GPU_FLAGS = {"use_mkl": "0", "use_cutt": "0", "use_cutlass": "0", "use_nccl": "0", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
@@ -30,6 +34,7 @@ def configure() -> None:
     if "jittor" in sys.modules:
         return
     flags = dict(GPU_FLAGS) if wants_gpu() else dict(CPU_FLAGS)
+    flags.update(jit_compile.flags())
     if wants_gpu():
         cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
         flags["nvcc_path"] = os.path.join(cuda_home, "bin", "nvcc")
@@ -40,6 +45,7 @@ def configure() -> None:
 def start(seed: int | None = None):
     """Import Jittor configured for this machine, switch CUDA on if asked, and seed it; returns ``jittor``."""
     configure()
+    jit_compile.install()
     import jittor as jt
 
     jt.flags.use_cuda = 1 if wants_gpu() else 0

@@ -108,10 +108,14 @@ def _dies_once(tmp_path):
     return _one_notebook(tmp_path, "00_flaky.ipynb", body)
 
 
-def test_a_dead_kernel_is_started_again_and_its_log_kept(tmp_path):
-    [row] = _run(tmp_path, ["a"], _dies_once(tmp_path))
+def test_a_dead_kernel_is_started_again_loudly_and_its_log_kept(tmp_path):
+    lines = []
+    [row] = run_notebooks("demo", tmp_path, ["a"], tmp_path / "r", tmp_path / "c", tmp_path / "outputs",
+                          folder=_dies_once(tmp_path), echo=lines.append)
     nb = tmp_path / "outputs" / "notebooks" / "a" / "00_flaky.ipynb"
     died = nb.with_suffix(".died1.log")
+    [warning] = [line for line in lines if line.startswith("!! a 00_flaky")]
+    assert "kernel died" in warning and str(died) in warning and "not expected" in warning
     assert row.status == "ok" and "died 1×" in row.message and str(died) in row.message
     assert "DeadKernelError" in died.read_text()
     assert died_logs(tmp_path / "outputs") == [died]

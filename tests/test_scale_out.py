@@ -138,6 +138,8 @@ def test_make_runs_one_job_per_style_then_the_merge(tmp_path):
     assert all("--no-merge --gpus 0,1" in c for c in jobs)
     merges = [i for i, c in enumerate(commands) if " merge-reports " in c]
     assert len(merges) == 1 and merges[0] > commands.index(jobs[-1]), "one merge, after the per-style jobs"
+    warmups = [i for i, c in enumerate(commands) if " warmup " in c]
+    assert len(warmups) == 1 and warmups[0] < commands.index(jobs[0]), "one warmup, before any notebook"
 
     serial = subprocess.run(base + ["reproduce"], cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert [c for c in _commands(serial.stdout) if " notebooks " in c] == [j.replace(" --gpus 0,1", "") for j in jobs]
@@ -162,6 +164,7 @@ def test_slurm_task_runs_the_style_of_its_index_in_the_serial_order(tmp_path):
         lines = _commands(done.stdout)
         assert lines[0] == f"task {i}: style {serial[i]}, STYLEBLEND_DEVICE=cuda CUDA_VISIBLE_DEVICES=5"
         command = next(line for line in lines if " notebooks " in line)
+        assert lines.index(next(line for line in lines if " warmup " in line)) < lines.index(command)
         assert f"--set demo --data {DEMO}" in command and f"--outputs {tmp_path}" in command
         assert f"--styles {serial[i]} --no-merge" in command and "--gpus" not in command, "Slurm pins the GPU"
     listed = subprocess.run(["make", "-s", "--no-print-directory", "reproduce-list", "SET=demo"], cwd=ROOT,
