@@ -22,8 +22,8 @@ import numpy as np
 from styleblend.runtime import start
 
 jt = start(0)
-from styleblend.models import fused_attention as fa  # noqa: E402
-from styleblend.models.attention import scaled_dot_product_attention  # noqa: E402
+from styleblend.sd.models import fused_attention as fa  # noqa: E402
+from styleblend.sd.models.attention import scaled_dot_product_attention  # noqa: E402
 from unet_step import gpu_name, timed_ms  # noqa: E402  (bench/ is the script's folder)
 
 CHECKS = [(2, 3, 100, 77, 64), (1, 2, 200, 130, 40), (1, 2, 65, 300, 80), (1, 1, 33, 129, 128), (1, 1, 1, 1, 64)]

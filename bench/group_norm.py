@@ -17,8 +17,8 @@ import numpy as np
 from styleblend.runtime import start
 
 jt = start(0)
-from styleblend.models import fused_group_norm as fgn  # noqa: E402
-from styleblend.models.resnet import GroupNorm  # noqa: E402
+from styleblend.sd.models import fused_group_norm as fgn  # noqa: E402
+from styleblend.sd.models.resnet import GroupNorm  # noqa: E402
 from unet_step import gpu_name, timed_ms  # noqa: E402  (bench/ is the script's folder)
 
 CHECKS = [(2, 64, 7, 9), (3, 32, 1, 1), (1, 64, 3, 5, 7)]

@@ -12,8 +12,8 @@ from styleblend.runtime import start
 jt = start(0)
 from jittor import compile_extern, nn  # noqa: E402
 
-from styleblend.models.attention import scaled_dot_product_attention  # noqa: E402
-from styleblend.models.resnet import GroupNorm  # noqa: E402
+from styleblend.sd.models.attention import scaled_dot_product_attention  # noqa: E402
+from styleblend.sd.models.resnet import GroupNorm  # noqa: E402
 from unet_step import timed_ms  # noqa: E402  (bench/ is the script's folder)
 
 out = {"cudnn": compile_extern.cudnn is not None, "cublas": compile_extern.cublas is not None}

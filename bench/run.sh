@@ -15,7 +15,7 @@ jittor=(${JITTOR_PYTHON:-python3}) torch=(${TORCH_PYTHON:-python3})
 model=${MODEL:-/tmp/sd21-random}
 export STYLEBLEND_DEVICE=cuda
 if [ -e "$results" ]; then echo "bench/run.sh: $results exists; not overwriting it (name another file)" >&2; exit 2; fi
-"${jittor[@]}" -m styleblend.cli write-random "$model" >/dev/null || exit 1
+"${jittor[@]}" -m styleblend write-random "$model" >/dev/null || exit 1
 
 step() {   # one benchmark process: its last line (the JSON) goes to the results, its log to the terminal
   local side=$1; shift

@@ -1,8 +1,8 @@
 """Scale-out: the same styles through `make reproduce` on one GPU, then with `make -jN` on N GPUs; wall time,
 speed-up (target 0.9·N) and how far their images differ. Prints one JSON line.
 
-    python bench/scale_out.py --data .device/B --styles 00 01 --gpus 0,1                      # smoke recipe, tiny model
-    python bench/scale_out.py --data .device/B --styles 00 01 --gpus 0,1 --model /tmp/sd21-random \\
+    python bench/scale_out.py --data data/B --styles 00 01 --gpus 0,1                         # smoke recipe, tiny model
+    python bench/scale_out.py --data data/B --styles 00 01 --gpus 0,1 --model /tmp/sd21-random \\
         --recipe bench/recipes/scale_out.yaml                                                  # reduced real size
 Each style gets the first --prompts prompts of its prompt.json (fewer images, same work per image). --warmup
 first runs one style untimed, so Jittor's one-off operator compilation counts in neither run; its images are also
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from unet_step import gpu_name
 
-from styleblend.notebook_runner import died_logs
+from styleblend.runners.notebooks import died_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 JITTOR_CACHE = Path.home() / ".cache" / "jittor"  # Jittor's default home: each compiled operator is a jit/*.so

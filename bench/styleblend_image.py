@@ -31,9 +31,9 @@ def jittor_images(a, recipe) -> dict:
     jt = start(0)
     jt.flags.profile_memory_enable = int(a.memory)
     from styleblend.blend import blend_sample
-    from styleblend.loading import load_sd, write_random_sd
-    from styleblend.models.lora import add_lora
-    from styleblend.tokens import add_token
+    from styleblend.sd.loading import load_sd, write_random_sd
+    from styleblend.sd.models.lora import add_lora
+    from styleblend.sd.tokens import add_token
 
     if not Path(a.model).exists():
         write_random_sd(a.model, dtype=a.dtype)
@@ -62,7 +62,7 @@ def sdedit(sd, cfg) -> dict:
     import numpy as np
     from PIL import Image
 
-    from styleblend.sampling import image_to_image
+    from styleblend.sd.sampling import image_to_image
 
     ref = Image.fromarray(np.random.default_rng(0).integers(0, 255, (cfg.resolution,) * 2 + (3,), np.uint8))
     seconds = timed(lambda i: image_to_image(sd, [ref], "A ring, realistic.", cfg.negative_prompt, 0.8, cfg.steps,

@@ -1,6 +1,6 @@
 """Training step times at the recipe's 768² (batch 1) for the three trainings, and the minutes one style costs:
 textual inversion (<F> row), UNet LoRA, text-encoder LoRA (coarse), each a forward + backward through the
-UNet with the package's own loss and AdamW (`styleblend.coarse.denoising_loss` / `fit`).
+UNet with the package's own loss and AdamW (`styleblend.training.denoising_loss` / `fit`).
 --dtype float16 = the recipe's `precision: float16` (UNet and VAE weights in float16, the text encoder and every
 trained parameter in float32, the loss scaled). --staged = the recipe's `staged_backward: true` (gradients one
 UNet stage at a time). STYLEBLEND_FUSED_BACKWARD=1 trains through the fused attention (forward kernel + blockwise
@@ -69,13 +69,13 @@ def main() -> None:
     a = p.parse_args()
     jt = start(0)
     jt.flags.profile_memory_enable = int(a.memory)
-    from styleblend.coarse import denoising_loss, fit, loss_scale
+    from styleblend.training import denoising_loss, fit, loss_scale
     from styleblend.config import load_recipe
-    from styleblend.loading import load_sd, write_random_sd, write_tiny_sd
+    from styleblend.sd.loading import load_sd, write_random_sd, write_tiny_sd
     from styleblend.memory import peak_rss_mb
-    from styleblend.models.lora import add_lora, lora_parameters
-    from styleblend.sampling import encode_prompt
-    from styleblend.tokens import add_token
+    from styleblend.sd.models.lora import add_lora, lora_parameters
+    from styleblend.sd.sampling import encode_prompt
+    from styleblend.sd.tokens import add_token
 
     if a.model == "tiny":
         a.model = str(write_tiny_sd(Path(tempfile.mkdtemp()) / "tiny-sd", seed=0))

@@ -47,7 +47,7 @@ def timed_ms(fn, n=10):
 
 def levers() -> dict:
     """Which of the package's fused kernels are on (``STYLEBLEND_FUSED_*``); Jittor runs only."""
-    from styleblend.models import fused_attention, fused_group_norm
+    from styleblend.sd.models import fused_attention, fused_group_norm
 
     return {"fused_attention": fused_attention.enabled, "fused_backward": fused_attention.backward_enabled,
             "fused_group_norm": fused_group_norm.enabled}
@@ -95,7 +95,7 @@ def bench_jittor(dtype: str, batch: int, latent: int, steps: int) -> float:
 
     from styleblend.runtime import start
     jt = start(0)
-    from styleblend.models.unet import UNet2DConditionModel
+    from styleblend.sd.models.unet import UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_config(json.loads(CONFIG.read_text()))
     if dtype == "float16":

@@ -9,7 +9,7 @@ __all__ = ["load_sd", "write_tiny_sd"]
 
 def __getattr__(name):
     if name in __all__:
-        from . import loading
+        from .sd import loading
 
         return getattr(loading, name)
     raise AttributeError(f"module 'styleblend' has no attribute {name!r}")

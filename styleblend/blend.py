@@ -27,7 +27,6 @@ Details taken from the original implementation (``zichongc/jittor-L6810K2-StyleT
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -43,9 +42,10 @@ from .data import StyleData, result_path
 from .errors import ConfigError
 from .fine import load_fine
 from .io import save_image
-from .models.lora import lora_layers
+from .sd.models.attention import hooks_installed
+from .sd.models.lora import lora_multiplier
 from .progress import progress
-from .sampling import decode_latents, denoise, encode_prompt, initial_latents, latent_factor, to_pil
+from .sd.sampling import decode_latents, denoise, encode_prompt, initial_latents, latent_factor, to_pil
 
 MODES = ("full", "csb", "fsb", "q_only", "kv_only", "none")
 CSB_SCALED = ("to_q", "to_k", "to_v")  # UNet LoRA layers that run at scale s in the CSB
@@ -159,7 +159,10 @@ def blend_sample(sd, coarse_text_encoder, prompt: str, params: BlendParams, cfg:
     start = initial_latents(seed, 1, cfg.resolution, cfg.resolution, sd.unet.config["in_channels"], factor)
     exchange = _Exchange(plan, probe)
     blocks = sd.unet.transformer_blocks()
-    with jt.no_grad(), _csb_lora_scale(sd.unet, [scales[b] for b in branches]), _hooks(blocks, exchange):
+    # UNet-LoRA multipliers per sample: the branches' scales for the uncond rows, then again for the cond rows
+    csb_scales = jt.array([scales[b] for b in branches] * 2, dtype=jt.float32)
+    with jt.no_grad(), lora_multiplier(sd.unet, csb_scales, CSB_SCALED), \
+            hooks_installed([block.attn1 for block in blocks], [_LayerHook(exchange, i) for i in range(len(blocks))]):
         cond, uncond = [], []
         for b in branches:
             encoder, token, negative = text[b]
@@ -177,35 +180,6 @@ def blend_sample(sd, coarse_text_encoder, prompt: str, params: BlendParams, cfg:
 
 def _resize(image: Image.Image, size: int) -> Image.Image:
     return image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC)
-
-
-@contextmanager
-def _hooks(blocks, exchange: _Exchange):
-    """Install a :class:`_LayerHook` on each block's ``attn1`` for a ``with`` block; the old hooks come back."""
-    before = [block.attn1.hook for block in blocks]
-    try:
-        for layer, block in enumerate(blocks):
-            block.attn1.hook = _LayerHook(exchange, layer)
-        yield
-    finally:
-        for block, hook in zip(blocks, before):
-            block.attn1.hook = hook
-
-
-@contextmanager
-def _csb_lora_scale(unet, scales: List[float]):
-    """For a ``with`` block, the UNet LoRA layers ``to_q/to_k/to_v`` run at per-sample multipliers: ``scales``
-    (one per branch) for the uncond rows, then again for the cond rows; the old multipliers come back."""
-    layers = [layer for name, layer in lora_layers(unet).items() if name.rsplit(".", 1)[-1] in CSB_SCALED]
-    before = [layer.multiplier for layer in layers]
-    multiplier = jt.array(scales * 2, dtype=jt.float32)
-    try:
-        for layer in layers:
-            layer.multiplier = multiplier
-        yield
-    finally:
-        for layer, old in zip(layers, before):
-            layer.multiplier = old
 
 
 def generate_style(sd, style_data: StyleData, ckpt: StyleCheckpoint, params: BlendParams, cfg: BlendConfig,

@@ -9,13 +9,11 @@ A checkpoint folder ``<root>/<set_name>/<style>/`` holds
 * ``config.yaml`` — the recipe sections that produced them, and ``sdedit/`` — the SDEdit training images.
 
 LoRA files carry ``rank``, ``alpha`` and ``targets`` in their metadata, embedding files ``token`` and
-``init_token``, so loading needs nothing else. :func:`load_original_bin` reads the original project's
-pickled ``.bin`` files, only when the user says they trust them.
+``init_token``, so loading needs nothing else.
 """
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -23,7 +21,7 @@ import numpy as np
 
 from . import io
 from .errors import ModelLoadError, StyleBlendError
-from .models.lora import add_lora, load_lora_state_dict, lora_layers, lora_state_dict
+from .sd.models.lora import add_lora, load_lora_state_dict, lora_layers, lora_state_dict
 
 FILES = {
     "coarse_embeds": "coarse_embeds.safetensors",
@@ -32,7 +30,8 @@ FILES = {
     "unet_lora": "unet_lora.safetensors",
     "config": "config.yaml",
 }
-STAGES = {"coarse": ("coarse_embeds", "text_encoder_lora"), "fine": ("fine_embeds", "unet_lora")}
+# the files each training stage of the chain writes; the stage is done when all of them exist
+STAGE_FILES = {"coarse": ("coarse_embeds", "text_encoder_lora"), "fine": ("fine_embeds", "unet_lora")}
 
 
 class StyleCheckpoint:
@@ -60,7 +59,7 @@ class StyleCheckpoint:
 
     def exists(self, kind: str) -> bool:
         """True when the file of ``kind`` exists, or for ``"coarse"`` / ``"fine"`` when both its files do."""
-        kinds = STAGES.get(kind, (kind,))
+        kinds = STAGE_FILES.get(kind, (kind,))
         return all(self.path(k).is_file() for k in kinds)
 
     def is_complete(self) -> bool:
@@ -134,42 +133,3 @@ class StyleCheckpoint:
         data["seed"] = seed
         data[section] = values
         return io.save_yaml(self.config, data, overwrite=True)
-
-
-def load_original_bin(path, trust_pickle: bool = False) -> Dict[str, np.ndarray]:
-    """Read one of the original Jittor project's ``.bin`` weight files into ``{dotted.name: array}``.
-
-    Those files are pickles (saved by ``jt.save`` in PyTorch's zip layout): unpickling a file can run any
-    code inside it, so this refuses unless ``trust_pickle=True``, i.e. you know where the file came from.
-    Nested dicts (the text-encoder LoRA file) are flattened with dots. PyTorch is imported only here.
-    """
-    path = Path(path)
-    if not trust_pickle:
-        raise StyleBlendError(
-            f"{path}: refusing to read a pickled .bin file. Unpickling can execute arbitrary code stored in the "
-            "file; pass trust_pickle=True (--trust-pickle) only for files from a source you trust, or convert "
-            "them to .safetensors once.")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: no such weight file")
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path}: not a PyTorch-layout .bin file (jt.save / torch.save zip)")
-    try:
-        import torch
-    except ImportError as exc:
-        raise ModelLoadError(f"{path}: reading .bin files needs PyTorch (pip install torch)") from exc
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors and dicts only
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: could not read it ({exc})") from exc
-    return _flatten(obj, "")
-
-
-def _flatten(obj, prefix: str) -> Dict[str, np.ndarray]:
-    if isinstance(obj, Mapping):
-        out = {}
-        for key, value in obj.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if hasattr(obj, "detach"):  # a torch tensor
-        return {prefix: obj.detach().cpu().numpy()}
-    return {prefix: np.asarray(obj)}

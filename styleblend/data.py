@@ -132,13 +132,24 @@ def _image_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read_image(path: Path, notes: List[str]) -> Image.Image:
-    """Open an image as RGB (transparency over white) and centre-crop it square, noting each change."""
+def open_image(path) -> Image.Image:
+    """An image file, loaded; a file PIL cannot read is a :class:`DataError` naming it."""
     try:
         with Image.open(path) as img:
             img.load()
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable or truncated files
+            return img
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing, unreadable or truncated files
         raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def read_images(paths: Sequence) -> List[Image.Image]:
+    """RGB images from files (the SDEdit images kept for training, generated results)."""
+    return [open_image(path).convert("RGB") for path in paths]
+
+
+def _read_image(path: Path, notes: List[str]) -> Image.Image:
+    """Open a reference image as RGB (transparency over white) and centre-crop it square, noting each change."""
+    img = open_image(path)
     if img.mode != "RGB":
         notes.append(f"{path.name}: converted {img.mode} to RGB")
         rgba = img.convert("RGBA")

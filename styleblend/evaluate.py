@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .data import list_styles, load_style
+from .data import list_styles, load_style, read_images
 from .errors import DataError
 from .io import write_atomic
 from .progress import progress
@@ -100,11 +100,6 @@ class EvalModels:
     fid: Optional[str] = None
     device: Optional[str] = None
     batch_size: int = 8
-
-    @classmethod
-    def from_hub(cls, fid: Optional[str] = None, **kwargs) -> "EvalModels":
-        """The challenge's models by hub id (needs the network or a filled Hugging Face cache)."""
-        return cls(dino=DINO_ID, clip=CLIP_ID, lpips=True, fid=fid, **kwargs)
 
 
 def combine(dino, hist, lpips, clip_r, fid, clip_iqa) -> Tuple[Optional[float], ...]:
@@ -346,14 +341,7 @@ def _result_images(results_dir: Path, prompts: Dict[str, str], prompt_file: Path
     unknown = [p.name for p in files if p.stem not in known]
     if unknown:
         raise DataError(f"{results_dir}: {', '.join(unknown)} not named after a prompt of {prompt_file}")
-    out = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                out.append((path.stem, img.convert("RGB")))
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable image ({exc})") from exc
-    return out
+    return list(zip([path.stem for path in files], read_images(files)))
 
 
 def evaluate_style(results_dir, style_data_dir, models: EvalModels = EvalModels()) -> StyleScore:

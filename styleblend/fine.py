@@ -24,19 +24,20 @@ from PIL import ImageOps
 
 from .backend import jt
 
-from .checkpoints import STAGES, StyleCheckpoint
-from .coarse import (denoising_loss, encode_moments, epoch_order, fit, loss_scale, plain_config, sample_latents,
-                     seed_lora, unet_lora_scale)
+from .checkpoints import STAGE_FILES, StyleCheckpoint
 from .config import FineConfig, format_prompt
 from .data import StyleData
 from .errors import ConfigError
-from .models.lora import add_lora, load_lora_state_dict, lora_layers, lora_parameters, lora_state_dict
-from .sampling import encode_prompt
-from .tokens import add_token, set_token_row
+from .sd.models.lora import (add_lora, load_lora_state_dict, lora_layers, lora_multiplier, lora_parameters,
+                          lora_state_dict)
+from .sd.sampling import encode_prompt
+from .sd.tokens import add_token, set_token_row
+from .training import (denoising_loss, encode_moments, epoch_order, fit, loss_scale, plain_config, sample_latents,
+                       seed_lora)
 
 
 @dataclass
-class TrainResult:
+class FineResult:
     """What :func:`train_fine` did: losses of both stages, the files written, the text encoder holding ``<F>``."""
     ti_losses: List[float]
     lora_losses: List[float]
@@ -63,14 +64,14 @@ def prepare_unet_lora(unet, cfg: FineConfig, rng: np.random.Generator) -> None:
 
 
 def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint, seed: int,
-               force: bool = False, staged: bool = False) -> TrainResult:
+               force: bool = False, staged: bool = False) -> FineResult:
     """Textual inversion of ``cfg.token``, then the UNet LoRA; saves the row, the LoRA and the config.
 
     Each step takes ``cfg.batch_size`` reference images (shuffled passes), each flipped with probability
     0.5 when ``cfg.flip``, its latent sampled afresh from the VAE posterior. Existing output files are
     refused before any work unless ``force``. ``staged``: gradients one UNet stage at a time.
     """
-    ckpt.check_writable(STAGES["fine"], force)
+    ckpt.check_writable(STAGE_FILES["fine"], force)
     rng = np.random.default_rng(seed)
     images = [item.image for item in style_data.images]
     flipped = [ImageOps.mirror(image) for image in images] if cfg.flip else []
@@ -92,7 +93,7 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
         return denoising_loss(sd, latents, context, rng, staged)
 
     saved_lora = _snapshot_lora(sd.unet)
-    with unet_lora_scale(sd.unet, 0.0), text_encoder.trainable_row(token_id) as row:
+    with lora_multiplier(sd.unet, 0.0), text_encoder.trainable_row(token_id) as row:
         ti_losses = fit([row], ti_loss, cfg.ti_steps, cfg.ti_lr, cfg.ti_betas, cfg.weight_decay, cfg.eps,
                         desc=f"textual inversion {cfg.token}", scale=loss_scale(sd),
                         lr_factor=lambda s: cfg.ti_decay ** (s // cfg.ti_decay_every))
@@ -107,7 +108,7 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
         return denoising_loss(sd, latents, jt.array(contexts[order[step]]), rng, staged)
 
     try:
-        with unet_lora_scale(sd.unet, 1.0):
+        with lora_multiplier(sd.unet, 1.0):
             lora_losses = fit(lora_parameters(sd.unet), lora_loss, cfg.lora_steps, cfg.lora_lr, cfg.lora_betas,
                               cfg.weight_decay, cfg.eps, desc="fine style UNet LoRA",
                               lr_factor=lambda s: 0.5 ** (s // cfg.lora_halve_every), scale=loss_scale(sd))
@@ -117,7 +118,7 @@ def train_fine(sd, style_data: StyleData, cfg: FineConfig, ckpt: StyleCheckpoint
                  ckpt.save_config_section("fine", plain_config(cfg), seed)]
     finally:
         _restore_lora(sd.unet, saved_lora)
-    return TrainResult(ti_losses, lora_losses, files, text_encoder)
+    return FineResult(ti_losses, lora_losses, files, text_encoder)
 
 
 def load_fine(sd, ckpt: StyleCheckpoint) -> int:

@@ -7,27 +7,31 @@ process that already runs threads — a Jupyter kernel (its I/O and heartbeat th
 * **the core and its CUDA libraries**: ``jittor_utils.run_cmds`` *forks* a ``multiprocessing.Pool`` the first time
   it is called. A forked child inherits the locks other threads held at that instant, without those threads; a
   worker that blocks or dies leaves ``Pool.imap`` waiting for ever. :func:`install` swaps in :func:`run_cmds`,
-  which compiles in freshly *spawned* interpreters and turns a dead worker into an error.
+  which compiles in fresh interpreters (started as plain subprocesses: no fork of this process and, unlike
+  multiprocessing's spawn, no import of the user's ``__main__``) and turns a dead worker into an error.
 * **operator kernels**: C++ threads, one compiler process each. Inside a Jupyter kernel they are switched off
   (:func:`flags`): a normal run compiles every kernel beforehand in a plain process (``styleblend warmup``), so a
   notebook that still meets a new kernel compiles it in its main thread.
 """
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
+import queue
 import signal
+import subprocess
 import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Dict, List
 
 from .progress import progress
 
 
 def in_notebook_kernel() -> bool:
-    """True inside a Jupyter kernel (JupyterLab, papermill, nbval): ipykernel is imported before any cell runs."""
-    return "ipykernel" in sys.modules
+    """True inside a Jupyter kernel (JupyterLab, papermill, nbval): its kernel application is running. (Only
+    importing ipykernel, as nbval's pytest plugin does, is not enough.)"""
+    kernelapp = sys.modules.get("ipykernel.kernelapp")
+    return kernelapp is not None and kernelapp.IPKernelApp.initialized()
 
 
 def flags() -> Dict[str, str]:
@@ -43,22 +47,72 @@ def workers() -> int:
     return max(1, min(cores, int(memory_gib // 3), 16))
 
 
+# A compile worker: a fresh interpreter (no fork of this process, no import of its __main__) that runs Jittor's
+# own do_compile on each command line it reads and answers with one line: ANSWER, then "ok" or the error.
+ANSWER = "<styleblend-compile>"
+WORKER = f"""
+import json, sys, jittor_utils
+jittor_utils.pool_initializer()
+for line in sys.stdin:
+    try:
+        jittor_utils.do_compile(json.loads(line))
+        answer = "ok"
+    except Exception as exc:
+        answer = json.dumps(f"{{type(exc).__name__}}: {{exc}}")
+    print("{ANSWER}" + answer, flush=True)
+"""
+
+
+class CompileError(RuntimeError):
+    """A compile command failed, or its worker process died."""
+
+
 def run_cmds(cmds: List[str], cache_path: str, jittor_path: str, msg: str = "run_cmds") -> None:
     """Drop-in for ``jittor_utils.run_cmds``: the same compile commands, each through Jittor's own ``do_compile``
-    (its cache check included), in spawned worker processes; a progress bar over the files."""
-    import jittor_utils
-
+    (its cache check included), in worker processes started fresh; a progress bar over the files."""
     if threading.current_thread() is threading.main_thread():
         # Jittor's SIGCHLD handler (active from its first import on) ends the whole process, without a word in a
         # notebook, when any child dies by a signal; a dead worker is an error below instead
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    jobs = [[cmd, cache_path, jittor_path] for cmd in cmds]
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers(), len(jobs)) or 1, mp_context=context,
-                             initializer=jittor_utils.pool_initializer) as pool:
-        futures = [pool.submit(jittor_utils.do_compile, job) for job in jobs]
-        for future in progress(as_completed(futures), desc=msg, total=len(futures), unit="file"):
-            future.result()  # a failed compile raises here; a dead worker raises BrokenProcessPool
+    jobs = queue.Queue()
+    for cmd in cmds:
+        jobs.put(json.dumps([cmd, cache_path, jittor_path]))
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(max(1, min(workers(), len(cmds))))]
+    done, errors = queue.Queue(), []
+
+    def feed(proc):
+        while not errors:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                break
+            proc.stdin.write(job + "\n")
+            proc.stdin.flush()
+            line = proc.stdout.readline()
+            while line and not line.startswith(ANSWER):  # anything else the compile printed
+                sys.stderr.write(line)
+                line = proc.stdout.readline()
+            answer = line[len(ANSWER):].strip()
+            if answer != "ok":
+                errors.append(json.loads(answer) if answer else
+                              f"a compile worker died (exit status {proc.wait()}) while compiling {job}")
+            done.put(1)
+        proc.stdin.close()
+        proc.wait()
+
+    threads = [threading.Thread(target=feed, args=(proc,), daemon=True) for proc in procs]
+    for thread in threads:
+        thread.start()
+    # delay: the bar shows only when files really compile (a cached core is checked in about a second)
+    with progress(total=len(cmds), desc=msg, unit="file", delay=2) as bar:
+        while any(thread.is_alive() for thread in threads):
+            try:
+                bar.update(done.get(timeout=0.2))
+            except queue.Empty:
+                pass
+    if errors:
+        raise CompileError(errors[0])
 
 
 def install() -> None:

@@ -17,12 +17,14 @@ from PIL import Image
 from .backend import jt
 
 from .blend import BlendOutput, blend_sample
-from .coarse import SDEditResult, unet_lora_scale
+from .sdedit import SDEditResult
 from .config import BlendConfig, BlendParams
-from .data import list_styles
+from .data import list_styles, read_images
 from .errors import DataError
+from .sd.models.attention import hooks_installed
+from .sd.models.lora import lora_multiplier
 from .progress import progress
-from .sampling import (MAX_TOKENS, decode_latents, image_to_image, initial_latents, latent_factor, text_to_image,
+from .sd.sampling import (MAX_TOKENS, decode_latents, image_to_image, initial_latents, latent_factor, text_to_image,
                        to_pil)
 
 ABLATIONS = {"csb": "CSB only", "fsb": "FSB only", "q_only": "Q injection only", "kv_only": "KV injection only",
@@ -119,7 +121,7 @@ def samples(sd, prompts: Sequence[str], steps: int, size: int, seed: int, guidan
     """One image per prompt from the same seed, optionally through another ``text_encoder`` (e.g. the coarse
     one) and with the UNet LoRA at multiplier ``unet_lora`` (0 = switched off)."""
     model = sd if text_encoder is None else replace(sd, text_encoder=text_encoder)
-    with unet_lora_scale(sd.unet, unet_lora) if unet_lora is not None else nullcontext():
+    with lora_multiplier(sd.unet, unet_lora) if unet_lora is not None else nullcontext():
         return text_to_image(model, list(prompts), negative_prompt, steps, guidance, size, size, seed)
 
 
@@ -166,7 +168,6 @@ def self_attention_layers(sd, resolution: int) -> str:
     feature-map size at ``resolution`` and its width, measured by one UNet pass."""
     blocks = sd.unet.transformer_blocks()
     shapes = {}
-    before = [block.attn1.hook for block in blocks]
 
     def recorder(layer):
         def hook(attn, q, k, v):
@@ -177,14 +178,8 @@ def self_attention_layers(sd, resolution: int) -> str:
     factor = latent_factor(sd)
     latents = initial_latents(0, 1, resolution, resolution, sd.unet.config["in_channels"], factor)
     context = jt.zeros((1, MAX_TOKENS, sd.unet.config["cross_attention_dim"]))
-    try:
-        for layer, block in enumerate(blocks):
-            block.attn1.hook = recorder(layer)
-        with jt.no_grad():
-            sd.unet(latents, 500, context).sync()
-    finally:
-        for block, hook in zip(blocks, before):
-            block.attn1.hook = hook
+    with jt.no_grad(), hooks_installed([b.attn1 for b in blocks], [recorder(i) for i in range(len(blocks))]):
+        sd.unet(latents, 500, context).sync()
     down = _count_blocks(sd.unet.down_blocks)
     mid = _count_blocks([sd.unet.mid_block])
     lines = ["| layer | where | feature map | channels |", "|---:|---|---|---:|"]
@@ -210,18 +205,6 @@ def style_id(data_root, style) -> str:
 def styles_with_results(results_root, set_name: str, data_root) -> List[str]:
     """The styles of ``data_root`` that have a folder of generated images under ``results_root/set_name``."""
     return [s for s in list_styles(data_root) if (Path(results_root) / set_name / s).is_dir()]
-
-
-def read_images(paths: Sequence) -> List[Image.Image]:
-    """RGB images from files (e.g. the SDEdit images kept for training, or generated results)."""
-    images = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for missing, unreadable or truncated files
-            raise DataError(f"{path}: not a readable image ({exc})") from exc
-    return images
 
 
 def _count_blocks(holders) -> int:

@@ -11,24 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from .checkpoints import STAGES, StyleCheckpoint
-from .config import Recipe, load_blend_params, load_recipe
+from .checkpoints import STAGE_FILES, StyleCheckpoint
+from .config import Recipe, load_blend_params
 from .data import StyleData, load_style, select_styles
 from .errors import StyleBlendError
-from .loading import load_sd, resolve_model
 from .memory import gpu_used_mb, peak_rss_mb
-
-
-@dataclass
-class SetPaths:
-    """Where a set's inputs and outputs live (the challenge's layout)."""
-    set_name: str
-    data_root: Path
-    results_root: Path
-    checkpoints_root: Path
-
-    def checkpoint(self, style: str) -> StyleCheckpoint:
-        return StyleCheckpoint(self.checkpoints_root, self.set_name, style)
+from .run_context import SetPaths, open_set
 
 
 @dataclass
@@ -51,8 +39,8 @@ class StyleSummary:
 
 def stage_done(ckpt: StyleCheckpoint, stage: str) -> bool:
     """True when every file of ``stage`` exists; an error when only some do (an interrupted write)."""
-    present = [kind for kind in STAGES[stage] if ckpt.exists(kind)]
-    if present and len(present) < len(STAGES[stage]):
+    present = [kind for kind in STAGE_FILES[stage] if ckpt.exists(kind)]
+    if present and len(present) < len(STAGE_FILES[stage]):
         raise StyleBlendError(f"{ckpt.folder}: the {stage} stage is incomplete (only {', '.join(present)}); "
                               f"re-run with --force to train it again")
     return bool(present)
@@ -60,7 +48,7 @@ def stage_done(ckpt: StyleCheckpoint, stage: str) -> bool:
 
 def run_sdedit(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force: bool = False):
     """Stage 1: the SDEdit images that keep the style images' layout (reused when present)."""
-    from .coarse import build_sdedit_data
+    from .sdedit import build_sdedit_data
 
     ckpt = paths.checkpoint(style_data.style)
     return build_sdedit_data(sd, style_data, recipe.sdedit, ckpt.sdedit_dir, recipe.seed, force=force)
@@ -124,15 +112,11 @@ def reproduce(set_name: str, data_root, results_root, checkpoints_root, styles: 
               model: Optional[str] = None, config: Optional[str] = None, seed: Optional[int] = None,
               force: bool = False, smoke: bool = False, echo=print) -> List[StyleSummary]:
     """Train and generate every selected style of a set; prints a summary line per style."""
-    paths = SetPaths(set_name, Path(data_root), Path(results_root), Path(checkpoints_root))
-    chosen = select_styles(paths.data_root, styles)
-    recipe = load_recipe(config, smoke=smoke)
-    sd = load_sd(resolve_model(model), dtype=recipe.precision)
-    if model in (None, "", "tiny"):
-        echo("NOTE: using the embedded tiny model with random weights — the images show the pipeline, not a style.")
+    chosen = select_styles(data_root, styles)  # a bad selection fails before the model loads
+    run = open_set(data_root, set_name, model, config, results_root, checkpoints_root, smoke=smoke, echo=echo)
     summaries = []
     for style in chosen:
-        summary = run_style(sd, style, recipe, paths, seed, force)
+        summary = run_style(run.sd, style, run.recipe, run.paths, seed, force)
         echo(summary.line())
         for note in summary.notes:
             echo(f"  note: {note}")

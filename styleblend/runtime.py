@@ -61,5 +61,4 @@ def describe() -> dict:
         "jittor": jt.__version__,
         "device": "cuda" if jt.flags.use_cuda else "cpu",
         "python": sys.version.split()[0],
-        "smoke": os.environ.get("STYLEBLEND_SMOKE", "0") == "1",
     }

@@ -16,9 +16,9 @@ def lora_unet(tmp_path):
     import numpy as np
     import jittor as jt
 
-    from styleblend import loading
+    from styleblend.sd import loading
     from styleblend.config import load_recipe
-    from styleblend.models.lora import add_lora, lora_parameters
+    from styleblend.sd.models.lora import add_lora, lora_parameters
 
     def make(batch: int):
         unet = loading.load_sd(loading.write_tiny_sd(tmp_path / "tiny-sd", seed=0)).unet

@@ -35,7 +35,7 @@ def test_the_check_finds_a_direct_import(tmp_path):
 
 
 def test_any_module_sets_the_device_and_the_signal_handler():
-    code = ("import signal, styleblend.sampling as s; "
+    code = ("import signal, styleblend.sd.sampling as s; "
             "print(s.jt.flags.use_cuda, signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "STYLEBLEND_DEVICE": "cpu"})

@@ -11,9 +11,9 @@ from styleblend.coarse import load_coarse
 from styleblend.config import load_recipe
 from styleblend.data import StyleData
 from styleblend.errors import ConfigError
-from styleblend.loading import load_sd, write_tiny_sd
-from styleblend.models.lora import add_lora, lora_layers
-from styleblend.tokens import add_token
+from styleblend.sd.loading import load_sd, write_tiny_sd
+from styleblend.sd.models.lora import add_lora, lora_layers
+from styleblend.sd.tokens import add_token
 
 import jittor as jt
 

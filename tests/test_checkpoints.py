@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from styleblend.checkpoints import StyleCheckpoint, load_original_bin
+from styleblend.checkpoints import StyleCheckpoint
 from styleblend.config import load_recipe
 from styleblend.errors import ModelLoadError, StyleBlendError
-from styleblend.models.attention import Attention
-from styleblend.models.lora import add_lora, lora_state_dict
+from styleblend.sd.models.attention import Attention
+from styleblend.sd.models.lora import add_lora, lora_state_dict
 
 import jittor as jt  # noqa: E402  (after styleblend)
 from jittor import nn  # noqa: E402
@@ -82,18 +82,3 @@ def test_config_sections_form_a_readable_partial_recipe(tmp_path):
     ckpt.save_config_section("fine", {"ti_steps": 9}, seed=5)
     recipe = load_recipe(ckpt.config)
     assert (recipe.seed, recipe.coarse.steps, recipe.fine.ti_steps) == (5, 7, 9)
-
-
-def test_original_bin_needs_trust_and_is_flattened(tmp_path):
-    path = tmp_path / "00_text_encoder_lora.bin"
-    jt.save({"layers.0.q_proj.lora_layer": {"down.weight": jt.ones((2, 3)), "up.weight": jt.zeros((3, 2))}},
-            str(path))
-    with pytest.raises(StyleBlendError, match="arbitrary code"):
-        load_original_bin(path)
-    arrays = load_original_bin(path, trust_pickle=True)
-    assert sorted(arrays) == ["layers.0.q_proj.lora_layer.down.weight", "layers.0.q_proj.lora_layer.up.weight"]
-    np.testing.assert_array_equal(arrays["layers.0.q_proj.lora_layer.down.weight"], np.ones((2, 3), np.float32))
-    bad = tmp_path / "plain.bin"
-    bad.write_bytes(b"not a zip")
-    with pytest.raises(ModelLoadError, match="plain.bin"):
-        load_original_bin(bad, trust_pickle=True)

@@ -5,15 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from styleblend import loading
+from styleblend.sd import loading
 from styleblend.checkpoints import StyleCheckpoint
-from styleblend.coarse import (build_sdedit_data, clip_patch_selector, coarse_text_encoder, denoising_loss,
-                               encode_moments, fit, load_coarse, sample_latents, train_coarse)
+from styleblend.coarse import coarse_text_encoder, load_coarse, train_coarse
+from styleblend.sdedit import build_sdedit_data, clip_patch_selector
+from styleblend.training import denoising_loss, encode_moments, fit, sample_latents
 from styleblend.config import load_recipe
 from styleblend.data import load_style
 from styleblend.errors import DataError, ModelLoadError, StyleBlendError
-from styleblend.models.lora import lora_layers, lora_parameters
-from styleblend.sampling import encode_prompt
+from styleblend.sd.models.lora import lora_layers, lora_parameters
+from styleblend.sd.sampling import encode_prompt
 
 import jittor as jt  # noqa: E402  (after styleblend)
 

@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from styleblend import loading
+from styleblend.sd import loading
 from styleblend.checkpoints import StyleCheckpoint
-from styleblend.coarse import denoising_loss, encode_moments, fit, sample_latents
+from styleblend.training import denoising_loss, encode_moments, fit, sample_latents
 from styleblend.config import load_recipe
 from styleblend.data import load_style
 from styleblend.errors import StyleBlendError
 from styleblend.fine import load_fine, prepare_unet_lora, train_fine
-from styleblend.models.lora import lora_layers, lora_parameters, lora_state_dict
-from styleblend.sampling import encode_prompt
-from styleblend.tokens import add_token
+from styleblend.sd.models.lora import lora_layers, lora_parameters, lora_state_dict
+from styleblend.sd.sampling import encode_prompt
+from styleblend.sd.tokens import add_token
 
 import jittor as jt  # noqa: E402  (after styleblend)
 

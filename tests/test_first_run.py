@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from styleblend.notebook_runner import died_logs, notebooks, run_notebooks
-from styleblend.warmup import STAMP
+from styleblend.runners.notebooks import died_logs, notebooks, run_notebooks
+from styleblend.runners.warmup import STAMP
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
@@ -37,7 +37,7 @@ def _kernels(cache: Path) -> set:
 
 
 def _warmup(env, *extra):
-    return subprocess.run([sys.executable, "-m", "styleblend.cli", "warmup", "--set", "demo", "--data", str(DEMO),
+    return subprocess.run([sys.executable, "-m", "styleblend", "warmup", "--set", "demo", "--data", str(DEMO),
                            "--styles", "dots", *extra], env=env, capture_output=True, text=True, cwd=REPO)
 
 
@@ -63,16 +63,16 @@ def test_warmup_then_notebooks_compile_nothing_in_a_kernel(empty_cache, tmp_path
 
 
 def test_warmup_runs_each_notebook_with_the_runner_parameters_after_its_parameters_cell():
-    from styleblend.warmup import notebook_source
+    from styleblend.runners.warmup import notebook_source
 
-    source = notebook_source(notebooks()[0], {"style": "dots", "smoke": True})
+    source = notebook_source(notebooks()[0], {"style": "dots", "set_name": "demo"})
     params_cell = source.index('style = "stripes"')
-    assert source.index("style = 'dots'") > params_cell and source.index("smoke = True") > params_cell
-    assert source.index("style = 'dots'") < source.index("load_sd(")
+    assert source.index("style = 'dots'") > params_cell and source.index("set_name = 'demo'") > params_cell
+    assert source.index("style = 'dots'") < source.index("open_notebook(")
 
 
 def test_the_warmup_stamp_changes_with_what_the_kernels_depend_on(tmp_path, monkeypatch):
-    from styleblend.warmup import warm_key
+    from styleblend.runners.warmup import warm_key
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("precision: float16\n")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from styleblend.errors import ConfigError
-from styleblend.models import fused_attention as fa
-from styleblend.models.attention import scaled_dot_product_attention
+from styleblend.sd.models import fused_attention as fa
+from styleblend.sd.models.attention import scaled_dot_product_attention
 
 import jittor as jt  # noqa: E402  (after styleblend: it sets Jittor's flags)
 

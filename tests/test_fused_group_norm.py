@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from styleblend.errors import ConfigError
-from styleblend.models import fused_group_norm as fgn
-from styleblend.models.resnet import GroupNorm
+from styleblend.sd.models import fused_group_norm as fgn
+from styleblend.sd.models.resnet import GroupNorm
 
 import jittor as jt  # noqa: E402  (after styleblend: it sets Jittor's flags)
 

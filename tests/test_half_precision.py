@@ -6,11 +6,11 @@ below leave about 2× room (the UNet's 1.7×)."""
 import numpy as np
 import pytest
 
-from styleblend import loading
+from styleblend.sd import loading
 from styleblend.blend import blend_sample
 from styleblend.config import load_recipe
-from styleblend.models.lora import add_lora
-from styleblend.tokens import add_token
+from styleblend.sd.models.lora import add_lora
+from styleblend.sd.tokens import add_token
 
 import jittor as jt  # noqa: E402  (after styleblend)
 
@@ -57,7 +57,7 @@ def test_styleblend_sample_in_float16_is_close_to_float32(tiny):
 
 
 def test_a_scaled_loss_takes_the_same_adamw_steps_and_reports_the_unscaled_loss():
-    from styleblend.coarse import fit
+    from styleblend.training import fit
 
     def train(scale):
         w = jt.array(np.linspace(-1, 1, 5).astype(np.float32))
@@ -74,8 +74,8 @@ def test_a_scaled_loss_takes_the_same_adamw_steps_and_reports_the_unscaled_loss(
 def test_unet_lora_training_in_float16_follows_float32(tiny):
     """UNet-LoRA training through float16 UNet weights (LoRA in float32, loss scaled): the first step's LoRA
     gradients and three steps' losses stay close to the float32 run's."""
-    from styleblend.coarse import denoising_loss, fit, loss_scale
-    from styleblend.models.lora import lora_parameters
+    from styleblend.training import denoising_loss, fit, loss_scale
+    from styleblend.sd.models.lora import lora_parameters
 
     recipe = load_recipe(smoke=True)
     runs = {}

@@ -1,13 +1,13 @@
 """Jittor's parallel compile, replaced (styleblend.jit_compile): results, errors and a dead worker.
 
-Each command goes through Jittor's own ``do_compile`` (its cache check included) in a spawned worker. With
+Each command goes through Jittor's own ``do_compile`` (its cache check included) in a fresh worker process. With
 Jittor's forked pool, a worker that died left the caller waiting for ever, or ended it without a word through
 Jittor's SIGCHLD handler (docs/first-run.md); here it is an error.
 """
 import signal
 import stat
+import subprocess
 import sys
-from concurrent.futures.process import BrokenProcessPool
 
 import jittor_utils
 import pytest
@@ -51,7 +51,7 @@ def test_a_worker_killed_by_a_signal_is_an_error_not_a_hang(tmp_path):
     # stands for Jittor's SIGCHLD handler, which ends the process when a child dies by a signal
     signal.signal(signal.SIGCHLD, lambda *_: pytest.fail("the SIGCHLD handler ran"))
     try:
-        with pytest.raises(BrokenProcessPool):
+        with pytest.raises(jit_compile.CompileError, match="worker died"):
             jit_compile.run_cmds([_command(killer, source, tmp_path / "k.so")], str(tmp_path), str(tmp_path), "t")
         assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
     finally:
@@ -59,7 +59,34 @@ def test_a_worker_killed_by_a_signal_is_an_error_not_a_hang(tmp_path):
 
 
 def test_notebook_kernels_compile_operators_in_their_main_thread(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ipykernel", object())
+    from ipykernel.kernelapp import IPKernelApp
+
+    assert jit_compile.flags() == {}, "this pytest process is no notebook kernel"
+    monkeypatch.setattr(IPKernelApp, "initialized", classmethod(lambda cls: True))
     assert jit_compile.flags() == {"use_parallel_op_compiler": "0"}
-    monkeypatch.delitem(sys.modules, "ipykernel")
-    assert jit_compile.flags() == {}
+
+
+def test_in_a_real_kernel_the_flag_reaches_jittor(tmp_path):
+    import nbformat
+    import papermill
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from styleblend.backend import jt\nprint('parallel op compiler', jt.flags.use_parallel_op_compiler)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    out = papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"), progress_bar=False)
+    assert "parallel op compiler 0" in out.cells[0].outputs[0]["text"]
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tmp_path):
+    """multiprocessing's spawn would import the caller's __main__ in every worker; these workers do not."""
+    source = tmp_path / "m.cc"
+    source.write_text("int m;\n")
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "script.py"
+    script.write_text(f"""from styleblend import jit_compile
+open({str(marker)!r}, "a").write("run\\n")
+jit_compile.run_cmds([{_command("g++", source, tmp_path / "m.so")!r}], {str(tmp_path)!r}, {str(tmp_path)!r}, "t")
+""")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    assert marker.read_text() == "run\n" and (tmp_path / "m.so").is_file()

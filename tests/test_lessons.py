@@ -11,11 +11,12 @@ from jittor import nn
 
 from styleblend import figures, lessons
 from styleblend.blend import InjectionPlan
-from styleblend.coarse import SDEditResult
 from styleblend.config import load_recipe
+from styleblend.data import read_images
 from styleblend.errors import DataError
-from styleblend.loading import load_sd, write_tiny_sd
-from styleblend.models.lora import add_lora, lora_parameters
+from styleblend.sdedit import SDEditResult
+from styleblend.sd.loading import load_sd, write_tiny_sd
+from styleblend.sd.models.lora import add_lora, lora_parameters
 
 SIZE = 64
 
@@ -133,9 +134,9 @@ def test_sdedit_table_marks_the_kept_candidates(tmp_path):
 def test_read_images_names_a_file_it_cannot_read(tmp_path):
     flat("red").save(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    assert lessons.read_images([tmp_path / "ok.png"])[0].mode == "RGB"
+    assert read_images([tmp_path / "ok.png"])[0].mode == "RGB"
     with pytest.raises(DataError, match="bad.png"):
-        lessons.read_images([tmp_path / "ok.png", tmp_path / "bad.png"])
+        read_images([tmp_path / "ok.png", tmp_path / "bad.png"])
 
 
 # ---- sampling demonstrations -------------------------------------------------------------------------------

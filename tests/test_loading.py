@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import jittor as jt
-from styleblend import loading
+from styleblend.sd import loading
 from styleblend.errors import ConfigError, ModelLoadError
 
 SENTENCE_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]  # "a photo of a cat" in OpenAI CLIP's tokenizer

@@ -1,15 +1,12 @@
 """The papermill runner behind `make reproduce`: report rows (per style and merged), a failing notebook stops only
 its style, resume."""
 import csv
-import subprocess
-import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
 from styleblend.errors import ConfigError
-from styleblend.notebook_runner import died_logs, run_notebooks
+from styleblend.runners.notebooks import died_logs, run_notebooks
 
 
 def _notebook(path, body):
@@ -135,15 +132,3 @@ def test_an_error_in_a_cell_is_not_retried(tmp_path):
     [row] = _run(tmp_path, ["a"], folder, kernel_retries=3)
     assert row.status == "failed" and "broken" in row.message
     assert counter.read_text() == "x", "the notebook ran once"
-
-
-def test_the_bench_kernel_wrapper_logs_how_a_dead_kernel_ended(tmp_path, monkeypatch):
-    """bench/kernel_exit.py as the python3 kernel: the dead attempt's log names the signal; a notebook still runs."""
-    bench = Path(__file__).resolve().parents[1] / "bench" / "kernel_exit.py"
-    subprocess.run([sys.executable, str(bench), "install", str(tmp_path / "jupyter")], check=True,
-                   capture_output=True)
-    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    [row] = _run(tmp_path, ["a"], _dies_once(tmp_path))
-    died = (tmp_path / "outputs" / "notebooks" / "a" / "00_flaky.died1.log").read_text()
-    assert row.status == "ok" and "[kernel_exit] the kernel process ended with signal 9 (SIGKILL)" in died, died
-    assert "second attempt" in (tmp_path / "outputs" / "notebooks" / "a" / "00_flaky.ipynb").read_text()

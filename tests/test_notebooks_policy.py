@@ -1,14 +1,18 @@
 """Notebook policy: numbered, stripped of outputs in git, exactly one `parameters` cell with the shared names,
 and no logic of their own (no function or class definitions: the package owns the logic)."""
+import ast
 import json
+import logging
 from pathlib import Path
 
+import papermill
 import pytest
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["00_setup_and_model", "01_sdedit_data", "02_coarse_style", "03_fine_style", "04_style_blend",
             "05_generate_B", "06_evaluate"]
-SHARED_PARAMETERS = ("style", "model", "data_root", "output_root", "seed", "smoke")
+SHARED_PARAMETERS = ("style", "set_name", "data_root", "model", "recipe_file", "results_root", "checkpoints_root",
+                     "output_root", "steps", "seed")
 
 
 def test_the_seven_numbered_notebooks_exist():
@@ -28,3 +32,22 @@ def test_notebook_is_stripped_and_thin(path):
     for cell in code:
         src = "".join(cell["source"])
         assert "\ndef " not in "\n" + src and "\nclass " not in "\n" + src, "logic belongs in the styleblend package"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_papermill_reads_every_parameter_with_its_help(path, caplog):
+    """Plain literals with a comment each, so `papermill --help-notebook` lists them and `-p` can replace them."""
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        parameters = papermill.inspect_notebook(str(path))
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    assert set(SHARED_PARAMETERS) <= set(parameters)
+    for name, parameter in parameters.items():
+        assert parameter["help"], f"{name} has no comment"
+        ast.literal_eval(parameter["default"])  # a literal, not an expression
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_setup_is_one_call_of_the_run_context(path):
+    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    setup = "".join(code[2]["source"]).strip().splitlines()
+    assert len(setup) <= 3 and setup[0].startswith("run = open_notebook(")

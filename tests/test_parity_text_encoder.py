@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from styleblend.errors import ConfigError
-from styleblend.models.lora import add_lora, lora_layers
-from styleblend.models.text_encoder import CLIPTextModel
+from styleblend.sd.models.lora import add_lora, lora_layers
+from styleblend.sd.models.text_encoder import CLIPTextModel
 
 import jittor as jt  # noqa: E402  (after styleblend: Jittor's flags)
 import torch  # noqa: E402

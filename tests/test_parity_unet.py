@@ -12,9 +12,9 @@ diffusers = pytest.importorskip("diffusers")
 import jittor as jt  # noqa: E402
 
 from styleblend.errors import ConfigError  # noqa: E402
-from styleblend.models.resnet import GroupNorm  # noqa: E402
-from styleblend.models.transformer import LayerNorm  # noqa: E402
-from styleblend.models.unet import UNet2DConditionModel, resolve_unet_config  # noqa: E402
+from styleblend.sd.models.resnet import GroupNorm  # noqa: E402
+from styleblend.sd.models.transformer import LayerNorm  # noqa: E402
+from styleblend.sd.models.unet import UNet2DConditionModel, resolve_unet_config  # noqa: E402
 
 TOL = 1e-4
 CROSS_DOWN, PLAIN_DOWN, CROSS_UP, PLAIN_UP = "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from styleblend.errors import ConfigError
-from styleblend.models.vae import AutoencoderKL
+from styleblend.sd.models.vae import AutoencoderKL
 
 import jittor as jt  # noqa: E402  (after styleblend: Jittor's flags)
 import torch  # noqa: E402

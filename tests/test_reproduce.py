@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from styleblend.cli import main
+from styleblend.runners.cli import main
 from styleblend.reproduce import reproduce
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -30,7 +30,7 @@ def test_chain_writes_images_checkpoints_and_a_summary(run):
         assert (ckpt / f"{name}.safetensors").is_file()
     assert summaries[0].style == "dots" and len(summaries[0].written) >= 7
     assert any(line.startswith("style dots:") for line in lines)
-    assert any("tiny model" in line for line in lines)
+    assert any("TINY model" in line for line in lines), "the tiny-model banner"
 
 
 def test_rerun_skips_everything_and_keeps_files(run):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from styleblend import sampling
+from styleblend.sd import sampling
 from styleblend.errors import ConfigError
-from styleblend.loading import load_sd, write_tiny_sd
+from styleblend.sd.loading import load_sd, write_tiny_sd
 
 import jittor as jt  # noqa: E402  (after styleblend)
 from diffusers import DDIMScheduler, StableDiffusionPipeline  # noqa: E402

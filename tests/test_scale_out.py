@@ -12,8 +12,8 @@ import pytest
 from test_notebook_runner import _notebook
 
 from styleblend.errors import ConfigError
-from styleblend.gpus import claim_gpu, parse_gpus
-from styleblend.notebook_runner import merge_reports, report_header, run_notebooks, unfinished
+from styleblend.runners.gpus import claim_gpu, parse_gpus
+from styleblend.runners.notebooks import merge_reports, report_header, run_notebooks, unfinished
 from styleblend.data import select_styles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_claims_are_distinct_wait_when_all_are_busy_and_are_released(tmp_path):
 def test_a_claim_held_by_another_process_is_skipped_and_freed_when_it_dies(tmp_path):
     locks = tmp_path / "locks"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom styleblend.gpus import claim_gpu\n"
+        [sys.executable, "-c", "import sys\nfrom styleblend.runners.gpus import claim_gpu\n"
          "with claim_gpu(['0', '1'], sys.argv[1]) as gpu:\n    print(gpu, flush=True)\n    sys.stdin.read()",
          str(locks)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

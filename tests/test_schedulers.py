@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from styleblend.errors import ConfigError
-from styleblend.schedulers import DDIMScheduler
+from styleblend.sd.schedulers import DDIMScheduler
 
 import jittor as jt  # noqa: E402  (after styleblend)
 from diffusers import DDIMScheduler as RefDDIM, DDPMScheduler as RefDDPM  # noqa: E402
@@ -123,3 +123,16 @@ def test_sample_timesteps_uniform_and_seeded():
     assert draws.min() == 0 and draws.max() == 49
     assert np.abs(np.bincount(draws, minlength=50) - 100).max() < 45
     np.testing.assert_array_equal(ours.sample_timesteps(8, np.random.default_rng(3)), draws[:8])
+
+
+def test_the_model_folder_names_its_sampler(monkeypatch):
+    from styleblend.sd import schedulers
+
+    class Other(schedulers.DDIMScheduler):
+        pass
+
+    monkeypatch.setitem(schedulers.SCHEDULERS, "OtherScheduler", Other)
+    config = {"beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}
+    assert type(schedulers.scheduler_from_config({**config, "_class_name": "OtherScheduler"})) is Other
+    for name in ("DDIMScheduler", "PNDMScheduler", None):  # a sampler this package lacks: DDIM, as the original
+        assert type(schedulers.scheduler_from_config({**config, "_class_name": name})) is schedulers.DDIMScheduler

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from styleblend import loading
+from styleblend.sd import loading
 from styleblend.errors import StyleBlendError
-from styleblend.tokens import add_token, nearest_tokens, set_token_row, token_id
+from styleblend.sd.tokens import add_token, nearest_tokens, set_token_row, token_id
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,248 @@
+"""``make reproduce``: run the numbered notebooks with papermill for each style, and write a run report.
+
+Each notebook runs in its own papermill process; the report records its time, the peak memory of its process
+tree (kernel included) and its status. A notebook whose kernel died (which should not happen; it is reported
+loudly) is started once more; a failing notebook
+stops that style (its executed copy is kept, with the error in it), other styles go on, and a re-run skips what
+the report already lists as ``ok``.
+
+Each style has its own report, ``outputs/reports/<style>.csv``, so styles run in parallel (``make -jN``, Slurm
+array tasks) never write the same file; :func:`merge_reports` joins them into ``outputs/report.md`` + ``.csv``.
+With GPUs given, each style holds one free GPU (:mod:`styleblend.runners.gpus`) and its processes see only that one.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import psutil
+
+from ..config import load_recipe
+from .gpus import claim_gpu, gpu_env
+from ..io import write_atomic
+from ..memory import gpu_used_mb
+from ..run_context import TINY_MODEL_BANNER
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
+REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
+# A safety net, not a cure: a notebook whose kernel died is run again this many times, saying so loudly (kernels
+# died when Jittor compiled inside them: docs/first-run.md); errors in cells are not retried.
+KERNEL_RETRIES = 1
+KERNEL_DIED = "DeadKernelError"  # what papermill (nbclient) reports when the kernel process is gone
+DIED_LOG = ".died{}.log"  # <notebook>.died<N>.log: the log of a notebook's N-th attempt whose kernel died
+
+
+@dataclass
+class ReportRow:
+    notebook: str
+    style: str
+    seconds: float
+    peak_ram_mb: float
+    peak_gpu_mb: Optional[float]
+    status: str
+    message: str = ""
+
+
+def notebooks(folder: Path = NOTEBOOK_DIR) -> List[Path]:
+    """The numbered notebooks (``00_…`` to ``06_…``) in order."""
+    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+class PeakMemory:
+    """Samples the RAM of a process tree (and the GPU's used memory) until stopped; keeps the peaks."""
+
+    def __init__(self, pid: int, gpu: Optional[str] = None, every: float = 0.5):
+        self.pid, self.gpu, self.every = pid, gpu, every
+        self.ram_mb, self.gpu_mb = 0.0, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root] + root.children(recursive=True)
+                rss = sum(p.memory_info().rss for p in procs if p.is_running())
+                self.ram_mb = max(self.ram_mb, rss / 2**20)
+            except psutil.Error:
+                pass
+            gpu = gpu_used_mb(self.gpu)
+            if gpu is not None:
+                self.gpu_mb = max(self.gpu_mb or 0.0, gpu)
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def report_header(model: Optional[str]) -> str:
+    """The report's first lines: the tiny-model warning, or the model used."""
+    return f"Model: {model}" if model else TINY_MODEL_BANNER
+
+
+def style_report(outputs, style: str) -> Path:
+    """One style's own report, written only by the job running that style."""
+    return Path(outputs) / "reports" / f"{style}.csv"
+
+
+def read_report(path: Path) -> Dict[tuple, ReportRow]:
+    """Rows of an earlier run's report by (style, notebook); empty when there is none."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        rows = [ReportRow(**{k: r[k] for k in REPORT_FIELDS}) for r in csv.DictReader(f)]
+    return {(r.style, r.notebook): r for r in rows}
+
+
+def _write_csv(rows: Iterable[ReportRow], path: Path) -> None:
+    def write(tmp: Path):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=REPORT_FIELDS)
+            writer.writeheader()
+            writer.writerows(asdict(r) for r in rows)
+
+    write_atomic(path, write, overwrite=True)
+
+
+def write_report(rows: Sequence[ReportRow], outputs: Path, header: str) -> None:
+    """``outputs/report.csv`` and ``outputs/report.md``."""
+    _write_csv(rows, outputs / "report.csv")
+    lines = [f"# Run report\n\n{header}\n", "| notebook | style | seconds | peak RAM (MiB) | peak GPU (MiB) | status |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        gpu = "" if r.peak_gpu_mb in (None, "") else f"{float(r.peak_gpu_mb):.0f}"
+        status = r.status if not r.message else f"{r.status}: {r.message}"
+        lines.append(f"| {r.notebook} | {r.style} | {float(r.seconds):.1f} | {float(r.peak_ram_mb):.0f} | {gpu} "
+                     f"| {status} |")
+    text = "\n".join(lines) + "\n"
+    write_atomic(outputs / "report.md", lambda tmp: tmp.write_text(text), overwrite=True)
+
+
+def merge_reports(outputs, header: str) -> List[ReportRow]:
+    """Join every per-style report (``outputs/reports/*.csv``) into ``outputs/report.md`` + ``.csv``; all rows."""
+    outputs = Path(outputs)
+    paths = sorted((outputs / "reports").glob("[!.]*.csv"))  # not a writer's hidden temporary file
+    rows = [row for path in paths for row in read_report(path).values()]
+    write_report(rows, outputs, header)
+    return rows
+
+
+def unfinished(rows: Iterable[ReportRow], styles: Sequence[str], folder: Path = NOTEBOOK_DIR) -> List[str]:
+    """The styles of ``styles`` that lack an ``ok`` row for some notebook (failed, stopped or never run)."""
+    ok = {(r.style, r.notebook) for r in rows if r.status == "ok"}
+    return [s for s in styles if any((s, nb.stem) not in ok for nb in notebooks(folder))]
+
+
+def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[str, str],
+            kernel_retries: int = KERNEL_RETRIES, echo=print) -> ReportRow:
+    """Execute one notebook with papermill in a child process, measuring time and peak memory.
+
+    A kernel that dies (the process vanishes, e.g. a crash inside Jittor) is started again up to
+    ``kernel_retries`` times; each dead attempt's log is kept as ``<notebook>.died<N>.log``. An error raised in a
+    cell is not retried. The row's time and peaks cover every attempt.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(out), "--cwd", str(notebook.parent),
+           "--no-progress-bar", "--log-level", "WARNING"]
+    for key, value in parameters.items():
+        cmd += ["-r", key, str(value)]  # -r: raw strings (with -p, papermill would turn style "05" into 5)
+    start, ram_mb, gpu_mb, died = time.perf_counter(), 0.0, None, []
+    while True:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
+            log, _ = proc.communicate()
+        ram_mb = max(ram_mb, peak.ram_mb)
+        gpu_mb = peak.gpu_mb if gpu_mb is None else max(gpu_mb, peak.gpu_mb or 0.0)
+        if proc.returncode == 0 or KERNEL_DIED not in log or len(died) >= kernel_retries:
+            break
+        died.append(out.with_suffix(DIED_LOG.format(len(died) + 1)))
+        write_atomic(died[-1], lambda tmp: tmp.write_text(log), overwrite=True)
+        echo(f"!! {parameters['style']} {notebook.stem}: the Jupyter kernel died (its log: {died[-1]}); starting the "
+             f"notebook again. This is not expected: please report it with that log.")
+    status = "ok" if proc.returncode == 0 else "failed"
+    logs = ", ".join(map(str, died))
+    messages = [f"the kernel died {len(died)}× and was started again (logs: {logs})"] if died else []
+    if status == "failed":  # papermill's output, the kernel's stderr included, kept beside the executed notebook
+        write_atomic(out.with_suffix(".log"), lambda tmp: tmp.write_text(log), overwrite=True)
+        messages.append(_last_error(log, out))
+    return ReportRow(notebook.stem, str(parameters["style"]), time.perf_counter() - start, ram_mb, gpu_mb, status,
+                     "; ".join(messages))
+
+
+def died_logs(folder: Path) -> List[Path]:
+    """The logs of every dead kernel that was started again, under ``folder`` (e.g. ``outputs/notebooks``)."""
+    return sorted(Path(folder).rglob("*" + DIED_LOG.format("*")))
+
+
+def _last_error(log: str, out: Path) -> str:
+    lines = [l.strip() for l in log.splitlines() if l.strip()]
+    error = next((l for l in reversed(lines) if "Error" in l or "Exception" in l), lines[-1] if lines else "")
+    return f"{error[:200]} (executed notebook kept: {out}; its log: {out.with_suffix('.log')})"
+
+
+def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
+                  model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print, gpus: Sequence[str] = (),
+                  merge: bool = True, recipe: Optional[str] = None,
+                  kernel_retries: int = KERNEL_RETRIES) -> List[ReportRow]:
+    """Run 00→06 for each style, on a free GPU of ``gpus`` if any; returns these styles' rows.
+
+    ``recipe``: a recipe YAML that every notebook lays over the defaults (its ``recipe_file`` parameter).
+    ``kernel_retries``: how often a notebook whose kernel died is started again (see :func:`run_one`).
+
+    A style's report is rewritten after every notebook, so an interruption loses nothing; ``merge`` rewrites the
+    joined report each time too (parallel jobs leave that to one :func:`merge_reports` at the end).
+    """
+    outputs = Path(outputs).resolve()
+    if recipe:
+        load_recipe(recipe)  # a bad file fails here, naming the file and key, not in every notebook
+    tiny = not model
+    # PYTHONFAULTHANDLER: a kernel that dies of a signal (a crash in compiled code) prints its Python stack
+    env = dict(os.environ, STYLEBLEND_QUIET="1", PYTHONFAULTHANDLER="1",
+               **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
+    if tiny:
+        echo(TINY_MODEL_BANNER)
+    params = {"set_name": set_name, "data_root": Path(data_root).resolve(),
+              "results_root": Path(results_root).resolve(), "checkpoints_root": Path(checkpoints_root).resolve(),
+              "output_root": outputs, "model": model or "", "recipe_file": Path(recipe).resolve() if recipe else ""}
+    all_rows: List[ReportRow] = []
+    for style in styles:
+        report = style_report(outputs, style)
+        rows = read_report(report)
+        todo = []
+        for nb in notebooks(folder):
+            done = rows.get((style, nb.stem))
+            if done is not None and done.status == "ok" and (outputs / "notebooks" / style / nb.name).exists():
+                echo(f"skip  {style} {nb.stem} (ok in the last report)")
+            else:
+                todo.append(nb)
+        with claim_gpu(gpus if todo else (), outputs / GPU_LOCKS, echo=echo) as gpu:  # a finished style needs none
+            if gpu is not None:
+                echo(f"style {style} on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})")
+            for nb in todo:
+                row = run_one(nb, outputs / "notebooks" / style / nb.name, dict(params, style=style),
+                              gpu_env(env, gpu), kernel_retries, echo)
+                rows[(style, nb.stem)] = row
+                _write_csv(rows.values(), report)
+                if merge:
+                    merge_reports(outputs, report_header(model))
+                echo(f"{row.status:5s} {style} {nb.stem}: {row.seconds:.1f} s, peak RAM {row.peak_ram_mb:.0f} MiB"
+                     + (f" — {row.message}" if row.message else ""))
+                if row.status != "ok":
+                    echo(f"style {style} stopped at {nb.stem}; the other styles continue")
+                    break
+        all_rows += rows.values()
+    echo(f"report: {outputs / 'report.md' if merge else outputs / 'reports'}")
+    return all_rows
