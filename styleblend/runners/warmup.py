@@ -136,7 +136,7 @@ def compile_core(echo=print) -> None:
     """Import Jittor in a child process, which compiles its core on a new machine. When Jittor finds its compiler
     helper (jit_utils_core) out of date — after ``make gpu-setup`` changed its flags, say — it rebuilds it and
     ends the process with status 0 and no word; a second import then works."""
-    for attempt in range(2):
+    for _ in range(2):
         child = subprocess.run([sys.executable, "-c", f"import styleblend.backend; print({CORE_READY!r})"],
                                stdout=subprocess.PIPE, text=True)
         if child.returncode != 0:
