@@ -15,6 +15,7 @@ process that already runs threads — a Jupyter kernel (its I/O and heartbeat th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -98,7 +99,8 @@ def run_cmds(cmds: List[str], cache_path: str, jittor_path: str, msg: str = "run
                 errors.append(json.loads(answer) if answer else
                               f"a compile worker died (exit status {proc.wait()}) while compiling {job}")
             done.put(1)
-        proc.stdin.close()
+        with contextlib.suppress(BrokenPipeError):  # a worker that died has no stdin left to close
+            proc.stdin.close()
         proc.wait()
 
     threads = [threading.Thread(target=feed, args=(proc,), daemon=True) for proc in procs]

@@ -28,9 +28,9 @@ from ..config import load_recipe
 from .gpus import claim_gpu, gpu_env
 from ..io import write_atomic
 from ..memory import gpu_used_mb
-from ..run_context import TINY_MODEL_BANNER
+from ..run_context import REPO_ROOT, TINY_MODEL_BANNER
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
 REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
 # A safety net, not a cure: a notebook whose kernel died is run again this many times, saying so loudly (kernels
