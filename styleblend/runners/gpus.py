@@ -1,12 +1,11 @@
 """One style per GPU: parse ``GPUS``, claim a free GPU for a style, and pin the style's processes to it.
 
-A claim is a non-blocking ``fcntl.flock`` on ``<lock_dir>/<id>.lock``, held for the whole style. Parallel jobs
+A claim is a non-blocking lock (:func:`styleblend.locks.try_lock`) on ``<lock_dir>/<id>.lock``, held for the whole style. Parallel jobs
 (``make -jN reproduce GPUS=0,1,…``) thereby share the listed GPUs one style each, and the operating system
 drops the lock when its holder exits, so a crashed or killed job never leaves a GPU marked busy.
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
+from ..locks import try_lock
 
 _GPU_ID = re.compile(r"[A-Za-z0-9_-]+")  # an index or a GPU-… UUID, as CUDA_VISIBLE_DEVICES takes them
 
@@ -37,20 +37,9 @@ def gpu_env(env: Mapping[str, str], gpu: Optional[str]) -> Dict[str, str]:
     return dict(env, CUDA_VISIBLE_DEVICES=gpu, STYLEBLEND_DEVICE="cuda")
 
 
-def _lock(path: Path) -> Optional[int]:
-    """An open descriptor holding ``path``'s exclusive lock, or None when another holder has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _first_free(gpus: Sequence[str], lock_dir: Path) -> Tuple[Optional[str], Optional[int]]:
     for gpu in gpus:
-        fd = _lock(lock_dir / f"{gpu}.lock")
+        fd = try_lock(lock_dir / f"{gpu}.lock")
         if fd is not None:
             return gpu, fd
     return None, None
