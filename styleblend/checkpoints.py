@@ -9,7 +9,8 @@ A checkpoint folder ``<root>/<set_name>/<style>/`` holds
 * ``config.yaml`` — the recipe sections that produced them, and ``sdedit/`` — the SDEdit training images.
 
 LoRA files carry ``rank``, ``alpha`` and ``targets`` in their metadata, embedding files ``token`` and
-``init_token``, so loading needs nothing else.
+``init_token``, so loading needs nothing else; every file also names its ``set`` and ``style``, so another
+style's file copied here is refused. ``manifest.json`` (:mod:`styleblend.manifest`) records what made them.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import io
 from .errors import ModelLoadError, StyleBlendError
-from .sd.models.lora import add_lora, load_lora_state_dict, lora_layers, lora_state_dict
+from .sd.models.lora import add_lora, load_lora_state_dict, lora_layers, lora_state_dict, remove_lora
 
 FILES = {
     "coarse_embeds": "coarse_embeds.safetensors",
@@ -76,13 +77,21 @@ class StyleCheckpoint:
 
     def save_tensors(self, kind: str, tensors: Mapping[str, np.ndarray], metadata: Optional[Dict[str, str]] = None,
                      force: bool = False) -> Path:
-        """Write ``tensors`` (numpy) as the ``kind`` file, atomically; refuses an existing file unless ``force``."""
-        return io.save_safetensors(self.path(kind), tensors, metadata, overwrite=force)
+        """Write ``tensors`` (numpy) as the ``kind`` file, atomically, with this folder's set and style in its
+        metadata; refuses an existing file unless ``force``."""
+        identity = {"set": self.set_name, "style": self.style}
+        return io.save_safetensors(self.path(kind), tensors, {**(metadata or {}), **identity}, overwrite=force)
 
     def load_tensors(self, kind: str):
-        """``(arrays, metadata)`` of the ``kind`` file; a missing file raises :class:`ModelLoadError`."""
+        """``(arrays, metadata)`` of the ``kind`` file; a missing file, or one saved for another style or set,
+        raises :class:`ModelLoadError`."""
         path = self.path(kind)
-        return io.load_safetensors(path), io.load_safetensors_metadata(path)
+        metadata = io.load_safetensors_metadata(path)
+        made_for = (metadata.get("set", self.set_name), metadata.get("style", self.style))
+        if made_for != (self.set_name, self.style):
+            raise ModelLoadError(f"{path}: saved for style {made_for[1]} of set {made_for[0]}, not style "
+                                 f"{self.style} of set {self.set_name}; it belongs to another style's folder")
+        return io.load_safetensors(path), metadata
 
     def save_embedding(self, kind: str, token: str, init_token: str, row: np.ndarray, force: bool = False) -> Path:
         """Save one learned token row ``{token: row}`` as ``kind`` (``coarse_embeds`` / ``fine_embeds``)."""
@@ -107,13 +116,18 @@ class StyleCheckpoint:
         return self.save_tensors(kind, arrays, metadata, force)
 
     def load_lora(self, kind: str, model) -> None:
-        """Load the ``kind`` LoRA into ``model``, adding LoRA layers first if it has none (else reusing them)."""
+        """Load the ``kind`` LoRA into ``model``, adding LoRA layers first if it has none, or has them at another
+        rank or on other layers (else reusing them)."""
         path = self.path(kind)
         arrays, metadata = self.load_tensors(kind)
         try:
             rank, alpha, targets = int(metadata["rank"]), float(metadata["alpha"]), json.loads(metadata["targets"])
         except (KeyError, ValueError) as exc:
             raise ModelLoadError(f"{path}: LoRA metadata (rank, alpha, targets) missing or unreadable ({exc})") from exc
+        layers = lora_layers(model)
+        saved = {name.rsplit(".", 2)[0] for name in arrays}  # "<layer>.lora_down.weight" -> "<layer>"
+        if layers and (set(layers) != saved or any(layer.rank != rank for layer in layers.values())):
+            remove_lora(model)  # another style's LoRA of another rank or on other layers: this one replaces it
         if not lora_layers(model):
             add_lora(model, targets, rank, alpha)
         try:

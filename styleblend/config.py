@@ -7,13 +7,15 @@ below only give names and types. :func:`load_recipe` layers, each over the last 
 2. ``configs/smoke.yaml`` — tiny sizes and step counts for CI and quick checks (``smoke=True``);
 3. the user's YAML file — any part of the recipe, same nesting.
 
-Per-style StyleBlend settings (:class:`BlendParams`) live in ``configs/blend/<set>.json``: an optional
-``"defaults"`` entry and one entry per style id, each holding any of BlendParams' keys; a style's settings are
-the recipe's ``blend.params``, then the file's defaults, then the style's own entry.
+Per-style StyleBlend settings (:class:`BlendParams`) live in ``configs/blend/<set>.json``, or in the user's file
+that a recipe names as ``blend.params_file``: an optional ``"defaults"`` entry and one entry per style id, each
+holding any of BlendParams' keys; a style's settings are the recipe's ``blend.params``, then the file's defaults,
+then the style's own entry.
 """
 from __future__ import annotations
 
 import json
+import math
 import string
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
@@ -156,6 +158,7 @@ class BlendConfig:
     prompt_template: str
     fsb_negative: str
     csb_negative: str
+    params_file: str  # per-style settings (configs/blend/<set>.json's format); "" = the packaged file of the set
     params: BlendParams
 
     def _problems(self) -> Problems:
@@ -208,6 +211,8 @@ def load_recipe(path=None, smoke: bool = False) -> Recipe:
         _overlay(data, load_yaml(file) or {}, Recipe, str(file), origins)
     recipe = _build(Recipe, data, str(files[0]))
     _check(recipe, origins)
+    if recipe.blend.params_file:  # relative to the recipe file that names it
+        recipe.blend.params_file = str(Path(origins["blend.params_file"]).parent / recipe.blend.params_file)
     return recipe
 
 
@@ -220,21 +225,48 @@ def load_blend_params(set_name: str, style: str, path=None, base: BlendParams = 
     """Style ``style``'s settings from ``configs/blend/<set_name>.json`` (or ``path``), over ``base``.
 
     ``base`` defaults to the packaged recipe's ``blend.params``; pass ``recipe.blend.params`` to honour a
-    user's recipe file.
+    user's recipe file. A missing file or style entry is an error (:func:`style_blend_params` falls back instead).
     """
     file = Path(path) if path else CONFIG_DIR / "blend" / f"{set_name}.json"
     if not file.is_file():
         raise ConfigError(f"{file}: no blend parameters for set '{set_name}' (write {{\"defaults\": {{}}, "
                           f"\"{style}\": {{}}}} there to use the recipe's blend.params)")
+    table = _blend_table(file)
+    if style not in table:
+        raise ConfigError(f"{file}: no entry for style '{style}'")
+    return _style_params(table, style, base if base is not None else load_recipe().blend.params, file)
+
+
+def style_blend_params(recipe: Recipe, set_name: str, style: str) -> tuple[BlendParams, str]:
+    """``(settings, warning)`` of a style for a run of ``recipe``: from the recipe's ``blend.params_file`` when set
+    (it must exist), else from the packaged ``configs/blend/<set>.json``. With no packaged file, or no entry for
+    the style, the recipe's ``blend.params`` (and the file's defaults) apply and ``warning`` says so; else it
+    is empty."""
+    given = recipe.blend.params_file
+    file = Path(given) if given else CONFIG_DIR / "blend" / f"{set_name}.json"
+    hint = "set blend.params_file in a recipe file (--config) to a JSON of per-style settings"
+    if not file.is_file():
+        if given:
+            raise ConfigError(f"{file}: no such blend parameters file (the recipe's blend.params_file)")
+        return recipe.blend.params, (f"set '{set_name}' has no packaged blend parameters: style {style} uses the "
+                                     f"recipe's blend.params ({hint})")
+    table = _blend_table(file)
+    warning = "" if style in table else (f"{file} has no entry for style {style}: it uses the file's defaults over "
+                                         f"the recipe's blend.params")
+    return _style_params(table, style, recipe.blend.params, file), warning
+
+
+def _blend_table(file: Path) -> dict:
     try:
         table = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: not valid JSON ({exc})") from exc
     if not isinstance(table, dict):
         raise ConfigError(f"{file}: must hold a JSON object of style id -> parameters")
-    if style not in table:
-        raise ConfigError(f"{file}: no entry for style '{style}'")
-    base = base if base is not None else load_recipe().blend.params
+    return table
+
+
+def _style_params(table: dict, style: str, base: BlendParams, file: Path) -> BlendParams:
     data = asdict(base)
     for entry in ("defaults", style):
         _overlay(data, table.get(entry, {}), BlendParams, str(file), {}, f"{entry}.")
@@ -313,11 +345,13 @@ def _coerce(value, tp, source: str, key: str):
         return {_coerce(k, args[0], source, key): _coerce(v, args[1], source, f"{key}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, str):
         try:
-            return float(value)  # YAML reads "1e-4" (no dot) as a string
+            value = float(value)  # YAML reads "1e-4" (no dot) as a string
         except ValueError:
             raise wrong from None
     if isinstance(value, bool) != (tp is bool) or not isinstance(value, (int, float) if tp is float else tp):
         raise wrong
+    if tp is float and not math.isfinite(value):  # YAML's .nan / .inf would train to NaN
+        raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
     return float(value) if tp is float else value
 
 

@@ -5,22 +5,28 @@ A style set is a folder of styles, one subfolder each::
     <data_root>/<style>/images/woman_walking_a_dog.png   caption "woman walking a dog"
     <data_root>/<style>/prompt.json                      {"0": "Ring", "1": "Hotel", ...}
 
-Results go to ``<results>/<set>/<style>/<Prompt>.png``, the prompt spelled as in ``prompt.json``.
+Results go to ``<results>/<set>/<style>/<Prompt>.png``, the prompt spelled as in ``prompt.json`` (a prompt too
+long for a file name is cut short and given a hash of the whole prompt: :func:`result_name`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageOps
 
 from .errors import DataError
 from .io import write_atomic
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_NAME_BYTES = 255  # the longest file name of ext4, XFS, APFS and NTFS
+SHORT_NAME_BYTES = 200  # the part of an over-long prompt kept in its file name (then "-<hash>.png")
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -96,10 +102,21 @@ def load_prompts(path) -> Dict[str, str]:
     return prompts
 
 
+def result_name(prompt: str) -> str:
+    """The result file name of ``prompt``: ``<prompt>.png``, or, when that is longer than file systems allow
+    (:data:`MAX_NAME_BYTES`), the prompt cut short plus a stable hash of the whole prompt."""
+    name = f"{prompt}.png"
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:10]
+    head = prompt.encode("utf-8")[:SHORT_NAME_BYTES].decode("utf-8", errors="ignore").rstrip()
+    return f"{head}-{digest}.png"
+
+
 def result_path(results_root, set_name: str, style: str, prompt: str) -> Path:
-    """Where the image of ``prompt`` goes: ``<results>/<set>/<style>/<prompt>.png``."""
+    """Where the image of ``prompt`` goes: ``<results>/<set>/<style>/<result_name(prompt)>``."""
     _check_prompt(prompt, f"{set_name}/{style}")
-    return Path(results_root) / set_name / style / f"{prompt}.png"
+    return Path(results_root) / set_name / style / result_name(prompt)
 
 
 def import_images(src_root, dst_root) -> Imported:
@@ -148,13 +165,16 @@ def read_images(paths: Sequence) -> List[Image.Image]:
 
 
 def _read_image(path: Path, notes: List[str]) -> Image.Image:
-    """Open a reference image as RGB (transparency over white) and centre-crop it square, noting each change."""
+    """Open a reference image upright (EXIF orientation) as 8-bit RGB (transparency over white) and centre-crop it
+    square, noting each change."""
     img = open_image(path)
+    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    if orientation != 1:  # phone photos store their rotation here instead of rotating the pixels
+        img = ImageOps.exif_transpose(img)
+        notes.append(f"{path.name}: turned upright as its EXIF orientation ({orientation}) says")
     if img.mode != "RGB":
-        notes.append(f"{path.name}: converted {img.mode} to RGB")
-        rgba = img.convert("RGBA")
-        img = Image.new("RGB", img.size, (255, 255, 255))
-        img.paste(rgba, mask=rgba.getchannel("A"))
+        notes.append(f"{path.name}: converted {img.mode} to 8-bit RGB")
+        img = _to_rgb(img, path)
     w, h = img.size
     if w != h:
         side = min(w, h)
@@ -162,6 +182,25 @@ def _read_image(path: Path, notes: List[str]) -> Image.Image:
         img = img.crop((left, top, left + side, top + side))
         notes.append(f"{path.name}: centre-cropped {w}x{h} to {side}x{side}")
     return img
+
+
+def _to_rgb(img: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit and 32-bit grey scaled to 0-255 (PIL's own conversion clips them to
+    white), transparency composited over white, CMYK and palettes through PIL."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    try:
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            out = Image.new("RGB", img.size, (255, 255, 255))
+            out.paste(rgba, mask=rgba.getchannel("A"))
+            return out
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot convert its {img.mode} pixels to RGB ({exc})") from exc
 
 
 def _check_prompt(prompt: str, where: str) -> None:

@@ -15,3 +15,7 @@ class ModelLoadError(StyleBlendError):
 
 class ConfigError(StyleBlendError):
     """A configuration value this project does not support; the message names the key (and file)."""
+
+
+class DivergedError(StyleBlendError):
+    """Training or sampling produced NaN or Inf; the message names the stage and the step. Nothing is saved."""

@@ -27,9 +27,8 @@ from .backend import jt
 from .checkpoints import STAGE_FILES, StyleCheckpoint
 from .config import FineConfig, format_prompt
 from .data import StyleData
-from .errors import ConfigError
 from .sd.models.lora import (add_lora, load_lora_state_dict, lora_layers, lora_multiplier, lora_parameters,
-                          lora_state_dict)
+                             lora_state_dict, remove_lora)
 from .sd.sampling import encode_prompt
 from .sd.tokens import add_token, set_token_row
 from .training import (denoising_loss, encode_moments, epoch_order, fit, loss_scale, plain_config, sample_latents,
@@ -52,12 +51,10 @@ def gaussian_std(rank: int, in_features: int) -> float:
 
 def prepare_unet_lora(unet, cfg: FineConfig, rng: np.random.Generator) -> None:
     """Give ``unet`` a fresh, seeded LoRA on ``cfg.lora_targets``, reusing its LoRA layers if it has them."""
-    layers = lora_layers(unet)
-    if not layers:
+    if any(layer.rank != cfg.lora_rank for layer in lora_layers(unet).values()):
+        remove_lora(unet)  # a loaded style's LoRA of another rank
+    if not lora_layers(unet):
         add_lora(unet, cfg.lora_targets, cfg.lora_rank, cfg.lora_alpha)
-    elif any(layer.rank != cfg.lora_rank for layer in layers.values()):
-        raise ConfigError(f"fine.lora_rank = {cfg.lora_rank}, but this UNet already has LoRA layers of rank "
-                          f"{next(iter(layers.values())).rank}; load the model again")
     for layer in lora_layers(unet).values():
         layer.alpha = float(cfg.lora_alpha)
     seed_lora(unet, rng, gaussian_std)
@@ -140,6 +137,10 @@ def _snapshot_lora(unet) -> Tuple[dict, dict]:
 def _restore_lora(unet, snapshot: Tuple[dict, dict]) -> None:
     """Put ``unet``'s LoRA back as in ``snapshot``; LoRA layers that were not there before become no-ops."""
     weights, alphas = snapshot
+    if weights and any(k not in weights or tuple(weights[k].shape) != tuple(v.shape)
+                       for k, v in lora_state_dict(unet).items()):
+        remove_lora(unet)  # training replaced a LoRA of another rank; load_fine adds a style's LoRA again
+        return
     if weights:
         load_lora_state_dict(unet, weights)
         for name, layer in lora_layers(unet).items():

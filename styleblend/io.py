@@ -7,9 +7,10 @@ the old file or the new one, never a truncated one.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 import yaml
@@ -19,6 +20,10 @@ from safetensors.numpy import load_file, save_file
 
 from .errors import ConfigError, ModelLoadError, StyleBlendError
 
+TEMP_MARK = ".tmp"  # write_atomic's temporary files: .<stem>.<hex>.tmp<suffix>, beside their target
+TEMP_STEM = 64  # the part of the target's name a temporary file keeps (a long name must still fit)
+TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{8}" + re.escape(TEMP_MARK) + r"(\.[^.]+)?")
+
 
 def write_atomic(path, write_fn: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write_fn(temp_path)``, then move the temp file to ``path``; an existing ``path`` needs ``overwrite``."""
@@ -26,7 +31,7 @@ def write_atomic(path, write_fn: Callable[[Path], None], overwrite: bool = False
     if path.exists() and not overwrite:
         raise StyleBlendError(f"{path} already exists; not replacing it (use --force / overwrite=True)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")  # hidden, same folder
+    tmp = path.with_name(f".{path.stem[:TEMP_STEM]}.{uuid.uuid4().hex[:8]}{TEMP_MARK}{path.suffix}")  # hidden
     try:
         write_fn(tmp)
         os.replace(tmp, path)
@@ -34,6 +39,16 @@ def write_atomic(path, write_fn: Callable[[Path], None], overwrite: bool = False
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_temp_files(folder) -> List[Path]:
+    """Delete the temporary files an interrupted :func:`write_atomic` left in ``folder`` (not below it); the
+    caller must hold the folder's lock (:mod:`styleblend.locks`), so no live writer owns them. Returns them."""
+    folder = Path(folder)
+    found = [p for p in folder.iterdir() if p.is_file() and TEMP_NAME.fullmatch(p.name)] if folder.is_dir() else []
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
 
 
 def save_image(img: Image.Image, path, overwrite: bool = False) -> Path:

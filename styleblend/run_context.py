@@ -93,14 +93,18 @@ class NotebookRun(SetRun):
 
 def open_notebook(style, set_name="", data_root="data/demo", model="", recipe_file="", results_root="result",
                   checkpoints_root="checkpoints", output_root="outputs", steps=0, echo=print) -> NotebookRun:
-    """Every notebook's setup: its parameters in, everything its cells use out (and one line about the style)."""
+    """Every notebook's setup: its parameters in, everything its cells use out (and one line about the style,
+    then notes on its inputs: :func:`styleblend.validate.validate_styles`)."""
     from .lessons import style_id
+
+    from .validate import validate_styles
 
     run = open_set(data_root, set_name, model, recipe_file, results_root, checkpoints_root, steps=steps, echo=echo)
     style = style_id(run.paths.data_root, style)  # papermill's "-p style 05" arrives as the number 5
+    notes = validate_styles(run.paths.data_root, [style], run.recipe, run.paths.set_name, run.sd.tokenizer)
     style_data = load_style(run.paths.data_root, style)
     echo(f"style {style} of set {run.paths.set_name}: {len(style_data.images)} reference images, "
-         f"{len(style_data.prompts)} prompts")
+         f"{len(style_data.prompts)} prompts" + "".join(f"\nnote: {note}" for note in notes))
     output_root = resolve(output_root)
     return NotebookRun(run.recipe, run.paths, run.model, run.smoke, run.sd, style, style_data,
                        run.paths.checkpoint(style), output_root, output_root / "figures" / style)

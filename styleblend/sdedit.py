@@ -33,6 +33,11 @@ class SDEditResult:
     note: str = ""
 
 
+def kept_files(item, cfg: SDEditConfig, out_dir) -> List[Path]:
+    """Where the kept SDEdit images of one reference image go: ``out_dir/<image stem>-<k>.png``."""
+    return [Path(out_dir) / f"{item.path.stem}-{k:03d}.png" for k in range(cfg.keep)]
+
+
 def build_sdedit_data(sd, style_data: StyleData, cfg: SDEditConfig, out_dir, seed: int,
                       selector: Optional[Selector] = None, force: bool = False) -> SDEditResult:
     """Make ``cfg.candidates`` SDEdit variants of each reference image and save the ``cfg.keep`` kept ones.
@@ -52,7 +57,7 @@ def build_sdedit_data(sd, style_data: StyleData, cfg: SDEditConfig, out_dir, see
             strengths = rng.choice(np.asarray(cfg.strengths, dtype=np.float64), size=cfg.candidates)
             seeds = rng.integers(0, 2**31 - 1, size=cfg.candidates)
             random_pick = rng.permutation(cfg.candidates)[: cfg.keep]
-            files = [out_dir / f"{item.path.stem}-{k:03d}.png" for k in range(cfg.keep)]
+            files = kept_files(item, cfg, out_dir)
             result.kept.setdefault(item.caption, []).extend(files)
             if not force and all(f.is_file() for f in files):
                 reused += 1

@@ -5,6 +5,7 @@ Every random draw comes from a ``numpy.random.Generator`` seeded by the recipe.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Callable, List, Sequence, Tuple, Union
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from .backend import jt
 
+from .errors import DivergedError
 from .progress import progress
 from .sd.models.lora import lora_layers
 from .sd.models.stages import Stage, StagedLoss, inner, run_stages, staged_grads
@@ -69,7 +71,8 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
     ``loss_fn`` returns the loss, or a :class:`StagedLoss` to be differentiated one stage at a time.
     ``scale`` (:func:`loss_scale`) multiplies the loss before the backward pass; AdamW's step with gradients and
     ``eps`` both multiplied by it is the same step, so nothing is unscaled. Returns the (unscaled) loss of every
-    step.
+    step. A loss or final weight that is NaN or Inf raises :class:`DivergedError` (callers save only after
+    ``fit`` returns, so a diverged run keeps no checkpoint).
     """
     optimizer = jt.optim.AdamW(params, lr=lr, eps=eps * scale, betas=tuple(betas), weight_decay=weight_decay)
     losses = []
@@ -79,7 +82,13 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
         loss, backward_target = _backward_target(loss_fn(step), params, scale)
         optimizer.step(backward_target)
         losses.append(float(loss.item()))
+        if not math.isfinite(losses[-1]):
+            raise DivergedError(f"{desc}: the loss is {losses[-1]} at step {step + 1} of {steps}; nothing was "
+                                f"saved (a learning rate too high for this model? lr = {lr:g})")
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if not all(bool(p.isfinite().all().item()) for p in params):
+        raise DivergedError(f"{desc}: the weights hold NaN or Inf after step {steps}; nothing was saved "
+                            f"(a learning rate too high for this model? lr = {lr:g})")
     return losses
 
 

@@ -70,10 +70,18 @@ def test_lora_round_trip_adds_layers_and_reproduces_outputs(tmp_path):
     ckpt.load_lora("unet_lora", fresh)  # again: reuses the layers
     assert len(lora_state_dict(fresh)) == len(lora_state_dict(trained))
 
-    other = Tiny()
-    add_lora(other, ["to_q", "to_v", "to_out.0"], rank=1, alpha=1)
-    with pytest.raises(ModelLoadError, match="unet_lora.safetensors"):
+    for targets, rank in ((["to_q", "to_v", "to_out.0"], 1), (["to_q"], 2)):  # another style's LoRA is replaced
+        other = Tiny()
+        other.load_state_dict({k: v for k, v in trained.state_dict().items() if "lora" not in k})
+        add_lora(other, targets, rank=rank, alpha=1)
         ckpt.load_lora("unet_lora", other)
+        np.testing.assert_array_equal(other(x).numpy(), trained(x).numpy())
+
+    arrays, _ = ckpt.load_tensors("unet_lora")
+    ckpt.save_tensors("unet_lora", {k: v[:1] for k, v in arrays.items()}, {"rank": "2", "alpha": "4",
+                                                                          "targets": '["to_q"]'}, force=True)
+    with pytest.raises(ModelLoadError, match="unet_lora.safetensors"):
+        ckpt.load_lora("unet_lora", Tiny())
 
 
 def test_config_sections_form_a_readable_partial_recipe(tmp_path):

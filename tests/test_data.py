@@ -46,13 +46,49 @@ def test_load_style_reads_images_and_prompts_in_file_order(tmp_path):
     assert data.folder == tmp_path / "s" and data.images[1].path.name == "woman_walking_a_dog.png"
 
 
-@pytest.mark.parametrize("mode, note", [("L", "converted L to RGB"), ("RGBA", "converted RGBA to RGB"),
-                                        ("P", "converted P to RGB")])
+@pytest.mark.parametrize("mode, note", [("L", "converted L to 8-bit RGB"), ("RGBA", "converted RGBA to 8-bit RGB"),
+                                        ("P", "converted P to 8-bit RGB")])
 def test_other_colour_modes_become_rgb_with_a_note(tmp_path, mode, note):
     make_style(tmp_path, mode=mode)
     data = load_style(tmp_path, "s")
     assert data.images[0].image.mode == "RGB"
     assert data.notes == [f"red_apple.png: {note}"]
+
+
+def test_16_bit_grey_keeps_its_tones(tmp_path):
+    """(6) A 16-bit PNG reference once became pure white; its grey levels now scale to 8 bits."""
+    import numpy as np
+
+    folder = make_style(tmp_path, images=())
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "images" / "ramp.png")
+    pixels = np.asarray(load_style(tmp_path, "s").images[0].image)
+    expected = np.round(ramp / 65535 * 255).astype(np.int16)
+    assert np.abs(pixels[..., 0].astype(np.int16) - expected).max() <= 1
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_exif_orientation_turns_phone_photos_upright(tmp_path):
+    """(6) A photo stored sideways with EXIF orientation 6 (rotate 90° clockwise) is read upright."""
+    folder = make_style(tmp_path, images=())
+    img = Image.new("RGB", (40, 20), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 20, 20))  # left half red as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(folder / "images" / "photo.jpg", exif=exif, quality=95)
+    data = load_style(tmp_path, "s")
+    upright = data.images[0].image
+    assert upright.size == (20, 20)  # 20x40 after the turn, then centre-cropped
+    assert any("EXIF orientation (6)" in note for note in data.notes)
+    red, _, blue = upright.getpixel((10, 2))
+    assert red > 200 and blue < 60  # the stored left half is now on top
+
+
+def test_cmyk_becomes_rgb(tmp_path):
+    folder = make_style(tmp_path, images=())
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(folder / "images" / "red.jpg")
+    red, green, blue = load_style(tmp_path, "s").images[0].image.getpixel((8, 8))
+    assert red > 200 and green < 60 and blue < 60
 
 
 def test_transparency_goes_over_white(tmp_path):

@@ -1,5 +1,4 @@
 """The whole chain on the tiny model (smoke recipe): outputs, resume, no silent overwrite, CLI errors."""
-import shutil
 from pathlib import Path
 
 import pytest
@@ -41,15 +40,6 @@ def test_rerun_skips_everything_and_keeps_files(run):
                         echo=lambda _: None)[0]
     assert summary.skipped == ["coarse", "fine"] and summary.written == []
     assert ckpt.stat().st_mtime_ns == before
-
-
-def test_partial_stage_needs_force(run, tmp_path):
-    root, _, _ = run
-    ckpts = tmp_path / "checkpoints"
-    shutil.copytree(root / "checkpoints", ckpts)
-    (ckpts / "demo" / "dots" / "unet_lora.safetensors").unlink()
-    with pytest.raises(Exception, match="incomplete.*--force"):
-        reproduce("demo", DEMO, root / "result", ckpts, styles=["dots"], smoke=True, echo=lambda _: None)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

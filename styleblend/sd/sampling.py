@@ -14,7 +14,7 @@ from PIL import Image
 
 from ..backend import jt
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..progress import progress
 
 MAX_TOKENS = 77
@@ -36,7 +36,8 @@ def encode_prompt(sd, prompts: List[str], text_encoder=None) -> jt.Var:
     """
     for prompt in prompts:
         if len(sd.tokenizer(prompt).input_ids) > MAX_TOKENS:
-            warnings.warn(f"prompt {prompt!r} is longer than {MAX_TOKENS} tokens and was truncated", stacklevel=2)
+            warnings.warn(f"prompt {prompt[:60]!r}... is longer than {MAX_TOKENS} tokens and was truncated",
+                          stacklevel=2)
     ids = sd.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                        return_tensors="np").input_ids
     return (text_encoder or sd.text_encoder)(jt.array(ids.astype(np.int32)))
@@ -53,7 +54,8 @@ def denoise(sd, latents: jt.Var, cond: jt.Var, uncond: Optional[jt.Var], timeste
             guidance: float, callback: Optional[StepCallback] = None) -> jt.Var:
     """Run ``sd.scheduler`` over ``timesteps`` (after its ``set_timesteps``) with classifier-free guidance.
 
-    ``uncond=None`` means no guidance: the UNet sees ``cond`` alone and ``guidance`` is unused.
+    ``uncond=None`` means no guidance: the UNet sees ``cond`` alone and ``guidance`` is unused. Latents that
+    become NaN or Inf raise :class:`DivergedError` naming the step.
     """
     for i, t in enumerate(progress(timesteps, desc="denoise")):
         t = int(t)
@@ -64,7 +66,9 @@ def denoise(sd, latents: jt.Var, cond: jt.Var, uncond: Optional[jt.Var], timeste
             u, c = both[:len(latents)], both[len(latents):]
             noise = u + guidance * (c - u)
         latents, x0 = sd.scheduler.step(noise, t, latents)
-        latents.sync()
+        if not bool(latents.isfinite().all().item()):
+            raise DivergedError(f"denoising: the latents hold NaN or Inf at step {i + 1} of {len(timesteps)} "
+                                f"(timestep {t}); no image was saved")
         if callback is not None:
             callback(i, t, latents, x0)
     return latents

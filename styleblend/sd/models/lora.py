@@ -71,6 +71,22 @@ def add_lora(model: nn.Module, targets: Iterable[str], rank: int, alpha: float) 
     return wrapped
 
 
+def remove_lora(model: nn.Module) -> None:
+    """Put a plain ``nn.Linear`` (sharing the base weight and bias) back in place of every LoRA layer."""
+    for name, layer in lora_layers(model).items():
+        parent_name, _, attr = name.rpartition(".")
+        owner = model
+        for part in parent_name.split(".") if parent_name else []:
+            owner = owner.layers[part] if isinstance(owner, nn.Sequential) else getattr(owner, part)
+        out_features, in_features = layer.weight.shape
+        base = nn.Linear(in_features, out_features, bias=layer.bias is not None)
+        base.weight, base.bias = layer.weight, layer.bias
+        if isinstance(owner, nn.Sequential):
+            owner.layers[attr] = base
+        else:
+            setattr(owner, attr, base)
+
+
 def lora_layers(model: nn.Module) -> Dict[str, LoRALinear]:
     """All LoRA layers of ``model`` by dotted name."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
