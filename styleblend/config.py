@@ -221,27 +221,11 @@ def save_recipe(recipe: Recipe, path, overwrite: bool = False) -> Path:
     return save_yaml(path, recipe.to_dict(), overwrite=overwrite)
 
 
-def load_blend_params(set_name: str, style: str, path=None, base: BlendParams = None) -> BlendParams:
-    """Style ``style``'s settings from ``configs/blend/<set_name>.json`` (or ``path``), over ``base``.
-
-    ``base`` defaults to the packaged recipe's ``blend.params``; pass ``recipe.blend.params`` to honour a
-    user's recipe file. A missing file or style entry is an error (:func:`style_blend_params` falls back instead).
-    """
-    file = Path(path) if path else CONFIG_DIR / "blend" / f"{set_name}.json"
-    if not file.is_file():
-        raise ConfigError(f"{file}: no blend parameters for set '{set_name}' (write {{\"defaults\": {{}}, "
-                          f"\"{style}\": {{}}}} there to use the recipe's blend.params)")
-    table = _blend_table(file)
-    if style not in table:
-        raise ConfigError(f"{file}: no entry for style '{style}'")
-    return _style_params(table, style, base if base is not None else load_recipe().blend.params, file)
-
-
 def style_blend_params(recipe: Recipe, set_name: str, style: str) -> tuple[BlendParams, str]:
     """``(settings, warning)`` of a style for a run of ``recipe``: from the recipe's ``blend.params_file`` when set
     (it must exist), else from the packaged ``configs/blend/<set>.json``. With no packaged file, or no entry for
     the style, the recipe's ``blend.params`` (and the file's defaults) apply and ``warning`` says so; else it
-    is empty."""
+    is empty. Bad JSON or values raise :class:`ConfigError` naming the file and key."""
     given = recipe.blend.params_file
     file = Path(given) if given else CONFIG_DIR / "blend" / f"{set_name}.json"
     hint = "set blend.params_file in a recipe file (--config) to a JSON of per-style settings"

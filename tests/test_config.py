@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from styleblend.config import (CONFIG_DIR, BlendConfig, BlendParams, CoarseConfig, FineConfig, Recipe,
-                               SDEditConfig, format_prompt, load_blend_params, load_recipe, save_recipe)
+                               SDEditConfig, format_prompt, load_recipe, save_recipe, style_blend_params)
 from styleblend.errors import ConfigError, ModelLoadError, StyleBlendError
 from styleblend.io import (load_safetensors, load_safetensors_metadata, load_yaml, save_image, save_safetensors,
                            save_yaml, write_atomic)
@@ -124,6 +124,16 @@ def test_format_prompt_follows_the_original(template, values, expected):
     assert format_prompt(template, **values) == expected
 
 
+def load_blend_params(set_name, style, path=None, base=None):
+    """A style's settings from ``path`` (default: the packaged file of the set) over ``base`` (default: the
+    recipe's blend.params), as a run with such a recipe sees them."""
+    recipe = load_recipe()
+    recipe.blend.params_file = str(path or "")
+    if base is not None:
+        recipe.blend.params = base
+    return style_blend_params(recipe, set_name, style)[0]
+
+
 def test_blend_params_layering(tmp_path):
     table = {"defaults": {"lora_scale": 0.1}, "a": {"c2f_ratio": 0.5, "seeds": {"Cat": 7}}, "b": {}}
     path = write(tmp_path / "mine.json", json.dumps(table))
@@ -136,7 +146,6 @@ def test_blend_params_layering(tmp_path):
 
 
 @pytest.mark.parametrize("table, words", [
-    ({"defaults": {}}, ["mine.json", "'07'"]),
     ({"07": {"c2f_layers": [0, 16]}}, ["mine.json", "c2f_layers", "0-15"]),
     ({"07": {"f2c_layers": [-1]}}, ["mine.json", "f2c_layers"]),
     ({"07": {"c2f_ratio": 1.5}}, ["mine.json", "c2f_ratio"]),
@@ -155,9 +164,18 @@ def test_bad_blend_params_name_file_and_key(tmp_path, table, words):
 
 def test_blend_params_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="nope.json"):
-        load_blend_params("nope", "00")
+        load_blend_params("mine", "00", path=tmp_path / "nope.json")
     with pytest.raises(ConfigError, match="bad.json.*JSON"):
         load_blend_params("bad", "00", path=write(tmp_path / "bad.json", "{"))
+
+
+def test_missing_blend_settings_fall_back_with_a_warning(tmp_path):
+    recipe = load_recipe()
+    params, warning = style_blend_params(recipe, "nope", "00")
+    assert params == recipe.blend.params and "set 'nope' has no packaged blend parameters" in warning
+    recipe.blend.params_file = str(write(tmp_path / "mine.json", json.dumps({"defaults": {"lora_scale": 0.1}})))
+    params, warning = style_blend_params(recipe, "mine", "07")
+    assert params.lora_scale == 0.1 and "no entry for style 07" in warning
 
 
 def test_packaged_blend_files_cover_their_prompts():
