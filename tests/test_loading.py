@@ -149,6 +149,31 @@ def test_diffusers_loads_the_tiny_folder_and_agrees(tiny, sd):
     np.testing.assert_allclose(sd.vae.encode(jt.array(img_ref)).mean.numpy(), mean_ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["save_pretrained", "state_dict"])
+def test_text_encoder_saved_by_transformers_loads(tiny, sd, tmp_path, layout):
+    """A text encoder written by the installed transformers loads and computes what the original folder computes:
+    by its ``save_pretrained``, and as its module's ``state_dict()`` (names without ``text_model.``, the layout of
+    early transformers 5 releases and of tools that save the state dict directly)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import save_file as save_torch
+
+    folder = _copy(tiny, tmp_path)
+    shutil.rmtree(folder / "text_encoder")
+    model = transformers.CLIPTextModel.from_pretrained(tiny / "text_encoder")
+    model.save_pretrained(folder / "text_encoder")
+    if layout == "state_dict":
+        save_torch({k: v.contiguous() for k, v in model.state_dict().items()},
+                   str(folder / "text_encoder" / "model.safetensors"))
+        assert not any(k.startswith("text_model.") for k in load_file(folder / "text_encoder" / "model.safetensors"))
+    _, ids = _inputs(sd)
+    again = loading.load_sd(folder)
+    np.testing.assert_array_equal(again.text_encoder(jt.array(ids)).numpy(), sd.text_encoder(jt.array(ids)).numpy())
+    with torch.no_grad():
+        expected = model(torch.tensor(ids))[0].numpy()
+    np.testing.assert_allclose(again.text_encoder(jt.array(ids)).numpy(), expected, atol=1e-4)
+
+
 def test_fp16_variant_files(sd, tiny, tmp_path):
     half = loading.write_random_sd(tmp_path / "half", configs="tiny", seed=0, dtype="float16")
     assert (half / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()

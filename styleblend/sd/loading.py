@@ -47,7 +47,8 @@ TOKENIZER_CLASSES = ("CLIPTokenizer", "CLIPTokenizerFast")
 CONFIG_FILES = ("scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
                 "text_encoder/config.json", "tokenizer/tokenizer_config.json", "tokenizer/special_tokens_map.json")
 # Entries some checkpoints carry that are not weights (older transformers saved CLIP's position-id buffer).
-IGNORED_KEYS = frozenset({"text_model.embeddings.position_ids"})
+IGNORED_KEYS = frozenset({"text_model.embeddings.position_ids", "embeddings.position_ids"})
+TEXT_PREFIX = "text_model."  # CLIPTextModel's parameter names start with it; transformers 5 files leave it out
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 SAFETENSORS_CODES = {"float32": "F32", "float16": "F16"}
@@ -128,19 +129,29 @@ def load_weights(model, path: Path, dtype: str = "float32") -> None:
         raise ModelLoadError(f"{path}: not a readable .safetensors file ({exc})") from exc
     with handle as f:
         stored = set(f.keys()) - IGNORED_KEYS
-        missing, unexpected = sorted(set(params) - stored), sorted(stored - set(params))
+        names = _stored_names(params, stored)
+        missing = sorted(name for name in params if names[name] not in stored)
+        unexpected = sorted(stored - set(names.values()))
         if missing:
             raise ModelLoadError(f"{path}: {len(missing)} weights the model needs are missing, e.g. {missing[:3]}")
         if unexpected:
             raise ModelLoadError(f"{path}: {len(unexpected)} weights this model does not have, e.g. {unexpected[:3]} "
                                  f"(does config.json match the weights?)")
         for name in progress(sorted(params), desc=f"loading {path.parent.name}"):
-            var, array = params[name], f.get_tensor(name)
+            var, array = params[name], f.get_tensor(names[name])
             if tuple(array.shape) != tuple(var.shape):
                 raise ModelLoadError(f"{path}: weight '{name}' has shape {tuple(array.shape)}, "
                                      f"the model expects {tuple(var.shape)}")
             target = DTYPES[dtype] if var.dtype.is_float() else array.dtype
             var.update(jt.array(array.astype(target, copy=False)))
+
+
+def _stored_names(params, stored: set) -> Dict[str, str]:
+    """Each parameter's name in the file: its own, or without ``text_model.`` when the file has none of ours
+    (transformers 5 saves a CLIPTextModel that way; transformers and diffusers load both layouts)."""
+    if any(name in stored for name in params) or not all(name.startswith(TEXT_PREFIX) for name in params):
+        return {name: name for name in params}
+    return {name: name[len(TEXT_PREFIX):] for name in params}
 
 
 def _check_dtype(dtype: str) -> None:
