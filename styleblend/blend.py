@@ -147,9 +147,8 @@ def blend_sample(sd, coarse_text_encoder, prompt: str, params: BlendParams, cfg:
 
     ``mode``: ``"full"`` (the method), ``"q_only"`` / ``"kv_only"`` (one exchange direction), ``"none"`` (both
     branches, no exchange), ``"csb"`` / ``"fsb"`` (that branch alone, batch ``[uncond, cond]``). ``probe`` sees
-    every self-attention layer's q / k / v after the exchange. The initial latent comes from
-    :func:`styleblend.sampling.initial_latents` (numpy), not Jittor's global seed as in the original, so a seed
-    gives the same image on CPU and GPU but not the original's image.
+    every self-attention layer's q / k / v after the exchange. The initial latent of ``seed`` is the original
+    entry's (:func:`styleblend.sd.sampling.initial_latents`), on CPU and GPU alike.
     """
     plan = InjectionPlan.for_mode(params, cfg.steps, mode)
     branches = {"csb": (0,), "fsb": (1,)}.get(mode, (0, 1))

@@ -17,7 +17,7 @@ from .backend import jt
 
 from .checkpoints import STAGE_FILES, StyleCheckpoint
 from .config import CoarseConfig, format_prompt
-from .data import StyleData, read_images
+from .data import StyleData, coarse_caption, read_images
 from .errors import DataError
 from .sd.models.lora import add_lora, lora_multiplier, lora_parameters
 from .sd.sampling import encode_prompt
@@ -52,20 +52,23 @@ def train_coarse(sd, style_data: StyleData, sdedit: Union[SDEditResult, Dict[str
                  ckpt: StyleCheckpoint, seed: int, force: bool = False, staged: bool = False) -> CoarseResult:
     """Train the coarse style on the SDEdit images and save ``<C>``'s row, the LoRA and the config.
 
-    Each step takes ``cfg.batch_size`` captions (shuffled passes over the style's images), one kept SDEdit
-    image of each (its latent sampled once, as the original pre-encodes them) and the prompt
-    ``cfg.prompt_template``. Existing output files are refused before any work unless ``force``. ``staged``:
-    gradients one UNet stage at a time (:func:`denoising_loss`).
+    Each step takes ``cfg.batch_size`` subjects (shuffled passes over the captions cut at ``-``,
+    :func:`styleblend.data.coarse_caption`), one kept SDEdit image of each (its latent sampled once, as the
+    original pre-encodes them) and the prompt ``cfg.prompt_template``. Existing output files are refused before
+    any work unless ``force``. ``staged``: gradients one UNet stage at a time (:func:`denoising_loss`).
     """
     ckpt.check_writable(STAGE_FILES["coarse"], force)
     kept = sdedit.kept if isinstance(sdedit, SDEditResult) else sdedit
-    captions = list(dict.fromkeys(item.caption for item in style_data.images))
-    missing = [c for c in captions if not kept.get(c)]
+    missing = sorted({item.caption for item in style_data.images if not kept.get(item.caption)})
     if missing:
         raise DataError(f"{style_data.folder}: no SDEdit images for {missing}; run build_sdedit_data first")
+    pooled: Dict[str, List[Path]] = {}  # SDEdit images by subject: "cat-2" and "cat-3" are one "cat"
+    for caption in dict.fromkeys(item.caption for item in style_data.images):
+        pooled.setdefault(coarse_caption(caption), []).extend(kept[caption])
+    captions = list(pooled)
     rng = np.random.default_rng(seed)
     text_encoder = coarse_text_encoder(sd, cfg, rng)
-    latents = {c: [sample_latents(sd, [m], rng) for m in encode_moments(sd, read_images(kept[c]), cfg.resolution)]
+    latents = {c: [sample_latents(sd, [m], rng) for m in encode_moments(sd, read_images(pooled[c]), cfg.resolution)]
                for c in captions}
     prompts = [format_prompt(cfg.prompt_template, caption=c, token=cfg.token) for c in captions]
     order = epoch_order(rng, len(captions), cfg.steps * cfg.batch_size).reshape(cfg.steps, cfg.batch_size)

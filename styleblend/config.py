@@ -26,6 +26,8 @@ from .io import load_yaml, save_yaml
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PRECISIONS = ("float32", "float16")
+IMAGE_FITS = ("resize", "crop")  # how reference images become square (styleblend.data.load_style)
+PATH_KEYS = ("blend.params_file", "sdedit.clip_model")  # file paths, relative to the recipe file that sets them
 NUM_SELF_ATTN_LAYERS = 16  # SD 2.x UNet transformer blocks, numbered down 0-5, mid 6, up 7-15
 
 Problems = Iterator[tuple[str, str]]  # (field name, what is wrong)
@@ -42,6 +44,7 @@ class SDEditConfig:
     strengths: list[float]
     candidates: int
     keep: int
+    clip_model: str  # a CLIP ViT-L/14 folder ranking the candidates; "" = a seeded random choice
 
     def _problems(self) -> Problems:
         yield from _sizes(self, "resolution")
@@ -171,10 +174,12 @@ class BlendConfig:
 class Recipe:
     """The whole method's settings; ``seed`` seeds training and SDEdit draws; ``precision`` is the dtype of the
     UNet's and VAE's weights (``styleblend.loading.load_sd``); ``staged_backward`` trains with gradients taken
-    one UNet stage at a time (``styleblend.models.stages``)."""
+    one UNet stage at a time (``styleblend.models.stages``); ``image_fit`` is how reference images become square
+    (one of :data:`IMAGE_FITS`)."""
     seed: int
     precision: str
     staged_backward: bool
+    image_fit: str
     sdedit: SDEditConfig
     coarse: CoarseConfig
     fine: FineConfig
@@ -185,6 +190,8 @@ class Recipe:
             yield "seed", "must be >= 0"
         if self.precision not in PRECISIONS:
             yield "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        if self.image_fit not in IMAGE_FITS:
+            yield "image_fit", f"must be one of {', '.join(IMAGE_FITS)}, got {self.image_fit!r}"
 
     def to_dict(self) -> dict:
         """Plain nested dicts and lists, as in ``recipe.yaml``."""
@@ -211,8 +218,11 @@ def load_recipe(path=None, smoke: bool = False) -> Recipe:
         _overlay(data, load_yaml(file) or {}, Recipe, str(file), origins)
     recipe = _build(Recipe, data, str(files[0]))
     _check(recipe, origins)
-    if recipe.blend.params_file:  # relative to the recipe file that names it
-        recipe.blend.params_file = str(Path(origins["blend.params_file"]).parent / recipe.blend.params_file)
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        if value:
+            setattr(getattr(recipe, section), name, str(Path(origins[key]).parent / Path(value).expanduser()))
     return recipe
 
 

@@ -69,8 +69,18 @@ def list_styles(data_root) -> List[str]:
     return sorted(p.name for p in root.iterdir() if (p / "images").is_dir())
 
 
-def load_style(data_root, style: str) -> StyleData:
-    """Read a style folder: every reference image (RGB, centre-cropped square) and its ``prompt.json``."""
+def coarse_caption(caption: str) -> str:
+    """The coarse stage's caption: the text before the first ``-`` (the original's rule, which makes ``cat-2.png``
+    and ``cat-3.png`` one subject ``cat``); the whole caption when nothing precedes it."""
+    return caption.split("-")[0].strip() or caption
+
+
+def load_style(data_root, style: str, fit: str = "resize") -> StyleData:
+    """Read a style folder: every reference image (8-bit RGB, upright) and its ``prompt.json``.
+
+    ``fit`` (the recipe's ``image_fit``): ``"resize"`` keeps the image whole, so the training resize squashes it
+    to a square as the original does; ``"crop"`` centre-crops it square first.
+    """
     folder = Path(data_root) / style
     if not folder.is_dir():
         raise DataError(f"{folder}: no such style folder")
@@ -78,7 +88,7 @@ def load_style(data_root, style: str) -> StyleData:
     if not paths:
         raise DataError(f"{folder / 'images'}: no reference images ({', '.join(IMAGE_SUFFIXES)})")
     notes: List[str] = []
-    images = [StyleImage(caption_from_filename(p), p, _read_image(p, notes)) for p in paths]
+    images = [StyleImage(caption_from_filename(p), p, _read_image(p, notes, fit)) for p in paths]
     return StyleData(style, folder, images, load_prompts(folder / "prompt.json"), notes)
 
 
@@ -164,9 +174,9 @@ def read_images(paths: Sequence) -> List[Image.Image]:
     return [open_image(path).convert("RGB") for path in paths]
 
 
-def _read_image(path: Path, notes: List[str]) -> Image.Image:
-    """Open a reference image upright (EXIF orientation) as 8-bit RGB (transparency over white) and centre-crop it
-    square, noting each change."""
+def _read_image(path: Path, notes: List[str], fit: str) -> Image.Image:
+    """Open a reference image upright (EXIF orientation) as 8-bit RGB (transparency over white), centre-cropped
+    square when ``fit`` is ``"crop"``, noting each change."""
     img = open_image(path)
     orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     if orientation != 1:  # phone photos store their rotation here instead of rotating the pixels
@@ -176,11 +186,14 @@ def _read_image(path: Path, notes: List[str]) -> Image.Image:
         notes.append(f"{path.name}: converted {img.mode} to 8-bit RGB")
         img = _to_rgb(img, path)
     w, h = img.size
-    if w != h:
+    if w != h and fit == "crop":
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
         img = img.crop((left, top, left + side, top + side))
         notes.append(f"{path.name}: centre-cropped {w}x{h} to {side}x{side}")
+    elif w != h:
+        notes.append(f"{path.name}: {w}x{h} is squashed to a square for training, as the original does "
+                     "(image_fit: crop centre-crops instead)")
     return img
 
 

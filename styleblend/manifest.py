@@ -88,7 +88,7 @@ def data_digest(style_data, with_prompts: bool = False) -> str:
 def stage_key(stage: str, sd, recipe, style_data, extra: Optional[dict] = None) -> dict:
     """What ``stage``'s outputs depend on (see the module docstring); ``extra`` adds generate's own inputs."""
     sections = {name: getattr(recipe, name) for name in STAGE_SECTIONS[stage]}
-    recipe_part = {"seed": recipe.seed, "precision": recipe.precision,
+    recipe_part = {"seed": recipe.seed, "precision": recipe.precision, "image_fit": recipe.image_fit,
                    **{name: _plain(section) for name, section in sections.items()}}
     key = {"model": model_identity(sd), "recipe": digest(recipe_part),
            "data": data_digest(style_data, with_prompts=stage == "generate")}

@@ -49,18 +49,23 @@ class StyleSummary:
 
 
 def run_sdedit(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force: bool = False):
-    """Stage 1: the SDEdit images that keep the style images' layout (reused when the manifest matches)."""
-    from .sdedit import build_sdedit_data, kept_files
+    """Stage 1: the SDEdit images that keep the style images' layout (reused when the manifest matches); kept by
+    CLIP patch-token similarity when the recipe names ``sdedit.clip_model``, else at random (seeded)."""
+    from .sdedit import build_sdedit_data, clip_patch_selector, kept_files
 
     ckpt = paths.checkpoint(style_data.style)
     manifest, key = checkpoint_manifest(ckpt), stage_key("sdedit", sd, recipe, style_data)
     files = [f for item in style_data.images for f in kept_files(item, recipe.sdedit, ckpt.sdedit_dir)]
-    build = lambda: build_sdedit_data(sd, style_data, recipe.sdedit, ckpt.sdedit_dir, recipe.seed, force=force)
     remove_temp_files(ckpt.sdedit_dir)
-    if decide(manifest, "sdedit", key, files, force, RETRAIN) == REUSE:
-        return build()  # every file is there: nothing is made
-    with recording(manifest, "sdedit", key):
-        return build()  # an interrupted run resumes image by image
+    if decide(manifest, "sdedit", key, files, force, RETRAIN) == REUSE:  # every file is there: nothing is made
+        result = build_sdedit_data(sd, style_data, recipe.sdedit, ckpt.sdedit_dir, recipe.seed)
+        how = (f"ranked by the CLIP model {recipe.sdedit.clip_model}" if recipe.sdedit.clip_model else
+               "kept at random: the recipe names no sdedit.clip_model")
+        result.note += f" ({how})"
+        return result
+    selector = clip_patch_selector(recipe.sdedit.clip_model) if recipe.sdedit.clip_model else None
+    with recording(manifest, "sdedit", key):  # an interrupted run resumes image by image
+        return build_sdedit_data(sd, style_data, recipe.sdedit, ckpt.sdedit_dir, recipe.seed, selector, force)
 
 
 def run_coarse(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force: bool = False):
@@ -128,7 +133,7 @@ def run_style(sd, style: str, recipe: Recipe, paths: SetPaths, seed: Optional[in
     """All stages for one style, with its summary (the caller holds the style's lock)."""
     start = time.perf_counter()
     summary = StyleSummary(style)
-    style_data = load_style(paths.data_root, style)
+    style_data = load_style(paths.data_root, style, recipe.image_fit)
     for stage, run in (("coarse", run_coarse), ("fine", run_fine)):
         result = run(sd, style_data, recipe, paths, force)
         if result is None:

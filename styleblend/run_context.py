@@ -102,7 +102,7 @@ def open_notebook(style, set_name="", data_root="data/demo", model="", recipe_fi
     run = open_set(data_root, set_name, model, recipe_file, results_root, checkpoints_root, steps=steps, echo=echo)
     style = style_id(run.paths.data_root, style)  # papermill's "-p style 05" arrives as the number 5
     notes = validate_styles(run.paths.data_root, [style], run.recipe, run.paths.set_name, run.sd.tokenizer)
-    style_data = load_style(run.paths.data_root, style)
+    style_data = load_style(run.paths.data_root, style, run.recipe.image_fit)
     echo(f"style {style} of set {run.paths.set_name}: {len(style_data.images)} reference images, "
          f"{len(style_data.prompts)} prompts" + "".join(f"\nnote: {note}" for note in notes))
     output_root = resolve(output_root)

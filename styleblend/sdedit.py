@@ -62,7 +62,7 @@ def build_sdedit_data(sd, style_data: StyleData, cfg: SDEditConfig, out_dir, see
             if not force and all(f.is_file() for f in files):
                 reused += 1
                 continue
-            reference = item.image.resize((cfg.resolution, cfg.resolution), Image.LANCZOS)
+            reference = item.image.resize((cfg.resolution, cfg.resolution), Image.BICUBIC)  # the original's
             prompt = format_prompt(cfg.prompt_template, caption=item.caption)
             candidates = [image_to_image(sd, [reference], prompt, cfg.negative_prompt, float(s), cfg.steps,
                                          cfg.guidance, int(k), cfg.resolution)[0] for s, k in zip(strengths, seeds)]
@@ -79,7 +79,10 @@ def build_sdedit_data(sd, style_data: StyleData, cfg: SDEditConfig, out_dir, see
     notes = []
     if selector is None and reused < len(style_data.images):
         notes.append(f"no selector given: kept a seeded random {cfg.keep} of {cfg.candidates} candidates per "
-                     "image (the original ranked them by CLIP ViT-L/14 patch-token similarity, or by hand)")
+                     "image (the original ranked them by CLIP ViT-L/14 patch-token similarity: set the recipe's "
+                     "sdedit.clip_model to a local CLIP folder)")
+    elif reused < len(style_data.images):
+        notes.append(f"kept the {cfg.keep} of {cfg.candidates} candidates per image that the selector ranks highest")
     if reused:
         notes.append(f"reused the existing SDEdit images of {reused} image(s) in {out_dir}")
     result.note = "; ".join(notes)

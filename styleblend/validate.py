@@ -23,7 +23,7 @@ def validate_styles(data_root, styles: Sequence[str], recipe: Recipe, set_name: 
     notes: List[str] = []
     for style in styles:
         try:
-            data = load_style(data_root, style)
+            data = load_style(data_root, style, recipe.image_fit)
             _, warning = style_blend_params(recipe, set_name, style)
         except StyleBlendError as err:
             problems.append(str(err))

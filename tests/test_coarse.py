@@ -1,10 +1,12 @@
 """Coarse style: SDEdit data (seeded subset / selector / resume), text-encoder LoRA training and loading."""
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from styleblend import coarse
 from styleblend.sd import loading
 from styleblend.checkpoints import StyleCheckpoint
 from styleblend.coarse import coarse_text_encoder, load_coarse, train_coarse
@@ -94,19 +96,61 @@ def test_clip_patch_selector_needs_a_local_model(tmp_path):
 
 
 def test_clip_patch_selector_ranks_the_reference_first(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("torch")
-    config = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, image_size=32, patch_size=8)
-    transformers.CLIPVisionModel(config).save_pretrained(tmp_path)
-    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                                    ).save_pretrained(tmp_path)
-    select = clip_patch_selector(tmp_path)
+    select = clip_patch_selector(tiny_clip(tmp_path))
     rng = np.random.default_rng(0)
     reference = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
     others = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
     scores = select(reference, [others[0], reference, others[1]])
     assert len(scores) == 3 and int(np.argmax(scores)) == 1 and scores[1] == pytest.approx(1.0)
+
+
+def tiny_clip(folder):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    config = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=32, patch_size=8)
+    transformers.CLIPVisionModel(config).save_pretrained(folder)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                                    ).save_pretrained(folder)
+    return folder
+
+
+def test_recipe_clip_model_reaches_the_sdedit_stage(sd, tmp_path):
+    """The recipe's sdedit.clip_model (relative to the recipe file) makes run_sdedit rank candidates by CLIP."""
+    from styleblend.reproduce import run_sdedit
+    from styleblend.run_context import SetPaths
+
+    tiny_clip(tmp_path / "clip")
+    (tmp_path / "recipe.yaml").write_text("sdedit: {clip_model: clip, candidates: 3, keep: 2}\n")
+    recipe = load_recipe(tmp_path / "recipe.yaml", smoke=True)
+    assert recipe.sdedit.clip_model == str(tmp_path / "clip")
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo"
+    paths = SetPaths("demo", demo, tmp_path / "result", tmp_path / "checkpoints")
+    result = run_sdedit(sd, load_style(demo, "dots"), recipe, paths)
+    assert result.scores and all(len(s) == 3 for s in result.scores.values())
+    assert "ranks highest" in result.note
+    again = run_sdedit(sd, load_style(demo, "dots"), recipe, paths)
+    assert "ranked by the CLIP model" in again.note and again.candidates == {}
+
+
+def test_subjects_cut_at_a_dash_share_their_sdedit_images(sd, recipe, tmp_path, monkeypatch):
+    """The original's coarse stage reads "cat-2.png" and "cat-3.png" as one subject "cat"."""
+    from styleblend.data import coarse_caption
+
+    assert (coarse_caption("cat-2"), coarse_caption("woman walking a dog"), coarse_caption("-x")) == (
+        "cat", "woman walking a dog", "-x")
+    folder = tmp_path / "s" / "images"
+    folder.mkdir(parents=True)
+    for name, colour in (("cat-2.png", (200, 0, 0)), ("cat-3.png", (0, 0, 200))):
+        Image.new("RGB", (64, 64), colour).save(folder / name)
+    (tmp_path / "s" / "prompt.json").write_text('{"0": "Ring"}')
+    style_data = load_style(tmp_path, "s")
+    kept = {item.caption: [item.path] for item in style_data.images}
+    seen = []
+    monkeypatch.setattr(coarse, "encode_prompt", lambda sd_, prompts, te: (seen.extend(prompts),
+                                                                            encode_prompt(sd_, prompts, te))[1])
+    train_coarse(sd, style_data, kept, recipe.coarse, StyleCheckpoint(tmp_path / "ck", "x", "s"), seed=0)
+    assert seen and set(seen) == {"A cat in the style of <C>."}
 
 
 def test_fit_follows_the_learning_rate_schedule():

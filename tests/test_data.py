@@ -78,7 +78,7 @@ def test_exif_orientation_turns_phone_photos_upright(tmp_path):
     img.save(folder / "images" / "photo.jpg", exif=exif, quality=95)
     data = load_style(tmp_path, "s")
     upright = data.images[0].image
-    assert upright.size == (20, 20)  # 20x40 after the turn, then centre-cropped
+    assert upright.size == (20, 40)
     assert any("EXIF orientation (6)" in note for note in data.notes)
     red, _, blue = upright.getpixel((10, 2))
     assert red > 200 and blue < 60  # the stored left half is now on top
@@ -101,10 +101,26 @@ def test_non_square_images_are_centre_cropped_with_a_note(tmp_path):
     img = Image.new("RGB", (30, 20), (0, 0, 0))
     img.paste((255, 0, 0), (5, 0, 25, 20))  # red exactly where the centre crop lands
     img.save(folder / "images" / "red_apple.png")
-    data = load_style(tmp_path, "s")
+    data = load_style(tmp_path, "s", fit="crop")
     out = data.images[0].image
     assert out.size == (20, 20) and out.getcolors() == [(400, (255, 0, 0))]
     assert data.notes == ["red_apple.png: centre-cropped 30x20 to 20x20"]
+
+
+def test_images_are_prepared_as_the_original_by_default(tmp_path):
+    """The original reads a reference as Image.open(f).convert('RGB').resize((768, 768)): whole (squashed),
+    PIL's bicubic. Ours keeps it whole and the training resize gives the same pixels."""
+    import numpy as np
+    from styleblend.sd.sampling import to_tensor
+
+    folder = make_style(tmp_path, images=())
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / "images" / "wide.png")
+    data = load_style(tmp_path, "s")
+    assert data.images[0].image.size == (60, 40) and "squashed to a square" in data.notes[0]
+    original = np.asarray(Image.open(folder / "images" / "wide.png").convert("RGB").resize((64, 64)), np.float32)
+    ours = (to_tensor([data.images[0].image], 64).numpy()[0].transpose(1, 2, 0) + 1) * 127.5
+    np.testing.assert_allclose(ours, original, atol=1e-3)
 
 
 def test_missing_style_folder(tmp_path):

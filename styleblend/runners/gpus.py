@@ -1,8 +1,8 @@
 """One style per GPU: parse ``GPUS``, claim a free GPU for a style, and pin the style's processes to it.
 
-A claim is a non-blocking lock (:func:`styleblend.locks.try_lock`) on ``<lock_dir>/<id>.lock``, held for the whole style. Parallel jobs
-(``make -jN reproduce GPUS=0,1,…``) thereby share the listed GPUs one style each, and the operating system
-drops the lock when its holder exits, so a crashed or killed job never leaves a GPU marked busy.
+A claim is a non-blocking lock (:func:`styleblend.locks.try_lock`) on ``<lock_dir>/<id>.lock``, held for the
+whole style. Parallel jobs (``make -jN reproduce GPUS=0,1,…``) thereby share the listed GPUs one style each, and
+the operating system drops the lock when its holder exits, so a crashed or killed job never leaves a GPU busy.
 """
 from __future__ import annotations
 

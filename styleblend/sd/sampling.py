@@ -2,7 +2,8 @@
 
 The steps equal diffusers' ``StableDiffusionPipeline`` with a ``DDIMScheduler``: prompts padded to 77
 tokens, the batch ``[uncond..., cond...]`` through the UNet, ``noise = u + g · (c − u)``, a scheduler step,
-and the VAE decode of ``latents / scaling_factor``. Randomness comes only from ``numpy`` seeds.
+and the VAE decode of ``latents / scaling_factor``. Randomness comes from ``numpy`` seeds, except the initial
+latents, which are drawn as the original StyleBlend entry draws them (:func:`initial_latents`).
 """
 from __future__ import annotations
 
@@ -45,9 +46,16 @@ def encode_prompt(sd, prompts: List[str], text_encoder=None) -> jt.Var:
 
 def initial_latents(seed: int, batch: int, height: int, width: int, channels: int = 4,
                     factor: int = 8) -> jt.Var:
-    """Standard normal latents ``[batch, channels, height // factor, width // factor]`` from ``seed``."""
+    """Standard normal latents ``[batch, channels, height // factor, width // factor]`` drawn as the original
+    entry draws them (its ``test.py``): ``jt.set_global_seed(seed)``, then ``jt.randn`` on Jittor's CPU
+    generator, so its hand-picked per-prompt seeds give its noise, the same on CPU and GPU machines.
+    ``jt.set_global_seed`` also reseeds Python's and numpy's global generators (nothing here uses them), and it
+    gives seeds 0 and 1 the same numbers."""
     shape = (batch, channels, height // factor, width // factor)
-    return jt.array(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+    jt.set_global_seed(seed)
+    with jt.flag_scope(use_cuda=0):
+        noise = jt.randn(shape).numpy()
+    return jt.array(noise)
 
 
 def denoise(sd, latents: jt.Var, cond: jt.Var, uncond: Optional[jt.Var], timesteps: Sequence[int],
@@ -92,10 +100,13 @@ def to_pil(images: jt.Var) -> List[Image.Image]:
 
 
 def to_tensor(images: Sequence[Image.Image], size: Size) -> jt.Var:
-    """RGB PIL images, resized (Lanczos) to ``size`` = (width, height) or a side -> ``[B, 3, H, W]`` in [-1, 1]."""
+    """RGB PIL images, resized to ``size`` = (width, height) or a side -> ``[B, 3, H, W]`` in [-1, 1].
+
+    The resize is the original entry's: PIL's bicubic, to exactly ``size`` (a non-square image is squashed).
+    """
     size = _width_height(size)
     rgb = [im.convert("RGB") for im in images]
-    arrays = [np.asarray(im if im.size == size else im.resize(size, Image.LANCZOS)) for im in rgb]
+    arrays = [np.asarray(im if im.size == size else im.resize(size, Image.BICUBIC)) for im in rgb]
     return jt.array(np.stack(arrays).astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1)
 
 
@@ -142,11 +153,13 @@ def text_to_image(sd, prompt: Prompts, negative_prompt: Prompts = "", steps: int
 
 def image_to_image(sd, images: Sequence[Image.Image], prompt: Prompts, negative_prompt: Prompts = "",
                    strength: float = 0.8, steps: int = 20, guidance: float = 7.5, seed: int = 0,
-                   size: Optional[Size] = None) -> List[Image.Image]:
-    """SDEdit: noise each image's latent (VAE posterior mean) to step ``steps - int(steps * strength)`` of a
-    ``steps``-step schedule, then denoise towards ``prompt``; ``strength=0`` returns the VAE round trip.
+                   size: Optional[Size] = None, sample_posterior: bool = True) -> List[Image.Image]:
+    """SDEdit: noise each image's latent to step ``steps - int(steps * strength)`` of a ``steps``-step schedule,
+    then denoise towards ``prompt``; ``strength=0`` returns the VAE round trip.
 
-    ``size`` (width, height) defaults to the first image's size rounded down to the latent grid.
+    The latent is a sample of the VAE posterior (as diffusers' img2img and the original entry's SDEdit), drawn
+    from ``numpy.random.default_rng(seed)``; ``sample_posterior=False`` takes its mean. ``size`` (width,
+    height) defaults to the first image's size rounded down to the latent grid.
     """
     if not 0 <= strength <= 1:
         raise ConfigError(f"strength = {strength} must be between 0 and 1")
@@ -158,7 +171,12 @@ def image_to_image(sd, images: Sequence[Image.Image], prompt: Prompts, negative_
     sd.scheduler.set_timesteps(steps)
     timesteps = sd.scheduler.timesteps[steps - int(steps * strength):]
     with jt.no_grad():
-        latents = sd.vae.encode(pixels).mean * sd.vae.config["scaling_factor"]
+        posterior = sd.vae.encode(pixels)
+        latents = posterior.mean
+        if sample_posterior:
+            eps = np.random.default_rng(seed).standard_normal(tuple(latents.shape), dtype=np.float32)
+            latents = latents + posterior.std * jt.array(eps).cast(latents.dtype)
+        latents = latents * sd.vae.config["scaling_factor"]
         if len(timesteps):
             b, c, h, w = latents.shape
             noise = initial_latents(seed, b, h * factor, w * factor, c, factor)
