@@ -94,12 +94,15 @@ np.save(sys.argv[1], np.stack([randn_latents(seed).numpy() for seed in (818, 203
 
 def test_initial_latents_are_the_original_entrys(tmp_path):
     """The hand-picked seeds of the original entry (configs/blend/B.json) give its noise: the original's own
-    code, run in a fresh process, draws what ``initial_latents`` draws here after other random work."""
+    code, run in a fresh CPU process, draws what ``initial_latents`` draws here after other random work (here
+    on a GPU too, with ``STYLEBLEND_DEVICE=cuda``)."""
+    import os
     import subprocess
     import sys
 
-    out = tmp_path / "original.npy"
-    subprocess.run([sys.executable, "-c", ORIGINAL_NOISE, str(out)], check=True, timeout=600)
+    out = tmp_path / "original.npy"  # the original draws before it switches CUDA on: a CPU process
+    env = dict(os.environ, STYLEBLEND_DEVICE="cpu")
+    subprocess.run([sys.executable, "-c", ORIGINAL_NOISE, str(out)], check=True, timeout=600, env=env)
     sampling.initial_latents(5, 2, 64, 48)  # earlier draws must not matter
     ours = np.stack([sampling.initial_latents(seed, 1, 768, 768).numpy() for seed in (818, 2034)])
     np.testing.assert_array_equal(ours, np.load(out))

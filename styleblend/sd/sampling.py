@@ -3,10 +3,11 @@
 The steps equal diffusers' ``StableDiffusionPipeline`` with a ``DDIMScheduler``: prompts padded to 77
 tokens, the batch ``[uncond..., cond...]`` through the UNet, ``noise = u + g · (c − u)``, a scheduler step,
 and the VAE decode of ``latents / scaling_factor``. Randomness comes from ``numpy`` seeds, except the initial
-latents, which are drawn as the original StyleBlend entry draws them (:func:`initial_latents`).
+latents of text-to-image and StyleBlend, which are drawn as the original entry draws them (:func:`initial_latents`).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -52,6 +53,7 @@ def initial_latents(seed: int, batch: int, height: int, width: int, channels: in
     ``jt.set_global_seed`` also reseeds Python's and numpy's global generators (nothing here uses them), and it
     gives seeds 0 and 1 the same numbers."""
     shape = (batch, channels, height // factor, width // factor)
+    jt.sync_all(True)  # pending GPU work must not run inside the CPU scope below (a GPU-only op would fail there)
     jt.set_global_seed(seed)
     with jt.flag_scope(use_cuda=0):
         noise = jt.randn(shape).numpy()
@@ -74,7 +76,7 @@ def denoise(sd, latents: jt.Var, cond: jt.Var, uncond: Optional[jt.Var], timeste
             u, c = both[:len(latents)], both[len(latents):]
             noise = u + guidance * (c - u)
         latents, x0 = sd.scheduler.step(noise, t, latents)
-        if not bool(latents.isfinite().all().item()):
+        if not math.isfinite(latents.sum().item()):  # a NaN or Inf anywhere makes the sum one
             raise DivergedError(f"denoising: the latents hold NaN or Inf at step {i + 1} of {len(timesteps)} "
                                 f"(timestep {t}); no image was saved")
         if callback is not None:
@@ -157,9 +159,10 @@ def image_to_image(sd, images: Sequence[Image.Image], prompt: Prompts, negative_
     """SDEdit: noise each image's latent to step ``steps - int(steps * strength)`` of a ``steps``-step schedule,
     then denoise towards ``prompt``; ``strength=0`` returns the VAE round trip.
 
-    The latent is a sample of the VAE posterior (as diffusers' img2img and the original entry's SDEdit), drawn
-    from ``numpy.random.default_rng(seed)``; ``sample_posterior=False`` takes its mean. ``size`` (width,
-    height) defaults to the first image's size rounded down to the latent grid.
+    The latent is a sample of the VAE posterior (as diffusers' img2img and the original entry's SDEdit);
+    ``sample_posterior=False`` takes its mean. The posterior sample and the added noise come from
+    ``numpy.random.default_rng(seed)``. ``size`` (width, height) defaults to the first image's size rounded
+    down to the latent grid.
     """
     if not 0 <= strength <= 1:
         raise ConfigError(f"strength = {strength} must be between 0 and 1")
@@ -170,15 +173,15 @@ def image_to_image(sd, images: Sequence[Image.Image], prompt: Prompts, negative_
     pixels = to_tensor(images, size)
     sd.scheduler.set_timesteps(steps)
     timesteps = sd.scheduler.timesteps[steps - int(steps * strength):]
+    rng = np.random.default_rng(seed)
     with jt.no_grad():
         posterior = sd.vae.encode(pixels)
         latents = posterior.mean
         if sample_posterior:
-            eps = np.random.default_rng(seed).standard_normal(tuple(latents.shape), dtype=np.float32)
+            eps = rng.standard_normal(tuple(latents.shape), dtype=np.float32)
             latents = latents + posterior.std * jt.array(eps).cast(latents.dtype)
         latents = latents * sd.vae.config["scaling_factor"]
         if len(timesteps):
-            b, c, h, w = latents.shape
-            noise = initial_latents(seed, b, h * factor, w * factor, c, factor)
+            noise = jt.array(rng.standard_normal(tuple(latents.shape), dtype=np.float32))
             latents = sd.scheduler.add_noise(latents, noise, timesteps[0])
         return _guided(sd, latents, prompts, negatives, timesteps, guidance, None)
