@@ -57,7 +57,7 @@ reproduce-style-%:
 	  $(REPORT) --styles $* --no-merge $(if $(GPUS),--gpus $(GPUS)) $(if $(RECIPE),--config $(RECIPE))
 
 reproduce-merge:  ## join outputs/reports/<style>.csv into outputs/report.md + .csv (after a Slurm run)
-	$(PY) -m styleblend merge-reports $(SELECT) $(REPORT)
+	$(PY) -m styleblend merge-reports $(SELECT) $(REPORT) --results $(RESULTS)
 
 reproduce-list:  ## print the style ids of SET/STYLES in run order (Slurm array task i runs the i-th)
 	@$(PY) -m styleblend styles $(SELECT)

@@ -1,7 +1,10 @@
 """The challenge's score for generated images: six terms, how they combine, a CSV and a table.
 
-Layout: ``<results>/<set>/<style>/<Prompt>.png`` is scored against ``<data>/<style>/images/*`` (the
-references) and ``<data>/<style>/prompt.json`` (read by :func:`styleblend.data.load_style`). Per style::
+Layout: ``<results>/<set>/<style>/<Prompt>.png`` (named by :func:`styleblend.data.result_name`) is scored against
+``<data>/<style>/images/*`` (the references) and ``<data>/<style>/prompt.json`` (read by
+:func:`styleblend.data.load_style`). A style's results must be complete, one :data:`IMAGE_SIZE`² image per prompt,
+or the score would compare sets of unequal size; ``allow_partial`` scores what is there and flags the style
+(:attr:`StyleScore.incomplete`). Hidden files (``.name``) in a results folder are ignored. Per style::
 
     Style   = 0.2·DINO + 0.4·Hist + 0.4·(1 − LPIPS)
     Text    = 0.5·CLIP-R
@@ -27,14 +30,17 @@ The challenge's own scorer is not public (searched for, not found), so these cho
 * CLIP-IQA — the same CLIP: softmax of the image's similarity (× CLIP's logit scale) to "Good photo." and
   "Bad photo."; the mean probability of "Good photo.".
 
-A term whose package (``torch``, ``transformers``, ``lpips``) or weights are absent is *not computed*: its value
-is ``None`` with the reason, never a made-up number, and every aggregate that needs it is ``None`` too.
+A term whose weights are not given is *not computed*: its value is ``None`` with the reason, never a made-up
+number, and every aggregate that needs it is ``None`` too. A term asked for whose package (``torch``,
+``transformers``, ``lpips``) or weights fail to load is a :class:`~styleblend.errors.ModelLoadError`, raised before
+any scoring: a score silently missing a requested term would read as complete.
 """
 from __future__ import annotations
 
 import csv
 import functools
 import io as _stdio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -42,8 +48,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .data import list_styles, load_style, read_images
-from .errors import DataError
+from .data import list_styles, load_prompts, load_style, read_images, result_name
+from .errors import DataError, ModelLoadError
 from .io import write_atomic
 from .progress import progress
 
@@ -54,6 +60,7 @@ NEEDS = {"style_score": ("dino", "hist", "lpips"), "text_score": ("clip_r",), "q
 DINO_ID, CLIP_ID = "facebook/dinov2-base", "openai/clip-vit-large-patch14"
 RGB_BINS, HUE_BINS, CLIP_R_TOP, FID_CAP = 16, 72, 5, 20.0
 IQA_PROMPTS = ("Good photo.", "Bad photo.")
+IMAGE_SIZE = 512  # the challenge's images are IMAGE_SIZE × IMAGE_SIZE
 NOT_COMPUTED = "not computed: "
 
 
@@ -70,7 +77,11 @@ class Term:
 
 @dataclass
 class StyleScore:
-    """A style's terms and aggregates (``None`` = not computed, reason in ``reasons[column]``)."""
+    """A style's terms and aggregates (``None`` = not computed, reason in ``reasons[column]``).
+
+    ``incomplete``: what ``allow_partial`` let through (missing prompts, wrong-size images); empty when the
+    style's result set was complete, so the score is comparable with other runs'.
+    """
     style: str
     dino: Optional[float] = None
     hist: Optional[float] = None
@@ -83,6 +94,7 @@ class StyleScore:
     quality_score: Optional[float] = None
     final: Optional[float] = None
     reasons: Dict[str, str] = field(default_factory=dict)
+    incomplete: List[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,8 @@ class EvalModels:
     ``dino``: DINOv2-base folder; ``clip``: CLIP ViT-L/14 folder (CLIP-R and CLIP-IQA); ``lpips``: ``True`` to
     use the ``lpips`` package (its SqueezeNet backbone comes from torchvision's cache or download); ``fid``:
     the TorchScript Inception file ``inception-2015-12-05.pt``. ``None`` (the default) leaves a term not
-    computed, so the defaults run offline. ``device``: torch device, default CUDA when available.
+    computed, so the defaults run offline; a term given must load, or it is a ``ModelLoadError``. ``device``:
+    torch device, default CUDA when available.
     """
     dino: Optional[str] = None
     clip: Optional[str] = None
@@ -200,44 +213,46 @@ def _load_fid(source, device):
 LOADERS = {"dino": _load_dino, "clip": _load_clip, "lpips": _load_lpips, "fid": _load_fid}
 HINTS = {"dino": f"EvalModels.dino, e.g. {DINO_ID}", "clip": f"EvalModels.clip, e.g. {CLIP_ID}",
          "lpips": "EvalModels.lpips=True", "fid": "EvalModels.fid, the file inception-2015-12-05.pt"}
+NAMES = {"dino": "DINOv2 weights", "clip": "CLIP weights", "lpips": "LPIPS", "fid": "FID Inception file"}
 INSTALL = "pip install torch transformers lpips"
 
 
+def _what(kind: str, source) -> str:
+    """The model as an error names it: its kind and the path (or hub id) it was asked to come from."""
+    return NAMES[kind] + ("" if source is True else f" {source}")
+
+
 @functools.lru_cache(maxsize=None)
-def _loaded(kind: str, source, device: str):
-    """``(models tuple, "")`` or ``(None, reason)``; kept for the process, so a set loads each model once."""
-    text = str(source)
-    if isinstance(source, str) and not Path(text).exists() and (Path(text).is_absolute() or text[:1] in ".~"):
-        return None, f"{text}: no such file or folder"
+def _loaded(kind: str, source, device: str) -> tuple:
+    """The models of ``kind``, kept for the process so a set loads each once; a failure is a ModelLoadError."""
+    what = _what(kind, source)
+    if isinstance(source, str):
+        source = os.path.expanduser(source)
+        if not Path(source).exists() and (Path(source).is_absolute() or source[:1] == "."):
+            raise ModelLoadError(f"{what}: no such file or folder")
     try:
-        return LOADERS[kind](source, device), ""
+        return LOADERS[kind](source, device)
     except ImportError as exc:
-        return None, f"package {exc.name or exc} is not installed ({INSTALL})"
-    except Exception as exc:  # noqa: BLE001 — any loading failure becomes the term's reason
+        raise ModelLoadError(f"{what}: package {exc.name or exc} is not installed ({INSTALL})") from exc
+    except Exception as exc:  # noqa: BLE001 — whatever the loader raises, the user needs the file and the cause
         first = str(exc).splitlines()[0] if str(exc) else ""
-        return None, f"could not load {text!r} ({type(exc).__name__}: {first})"
+        raise ModelLoadError(f"{what}: could not load ({type(exc).__name__}: {first})") from exc
 
 
 def _load_all(models: EvalModels) -> Tuple[Dict[str, tuple], Dict[str, str], Optional[str]]:
-    """The loaded models of the terms asked for, the reason for each missing one, and the torch device."""
+    """The loaded models of the terms asked for, the reason for each term not asked for, and the torch device."""
     wanted = {"dino": models.dino, "clip": models.clip, "lpips": True if models.lpips else None, "fid": models.fid}
-    loaded, reasons, device = {}, {}, None
+    asked = {kind: source for kind, source in wanted.items() if source is not None}
+    reasons = {kind: f"no weights given ({HINTS[kind]})" for kind in wanted if kind not in asked}
+    if not asked:
+        return {}, reasons, None
     try:
         import torch
-
-        device = models.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    except ImportError:
-        pass
-    for kind, source in wanted.items():
-        if source is None:
-            reasons[kind] = f"no weights given ({HINTS[kind]})"
-        elif device is None:
-            reasons[kind] = f"package torch is not installed ({INSTALL})"
-        else:
-            model, reasons[kind] = _loaded(kind, source, device)
-            if model is not None:
-                loaded[kind] = model
-    return loaded, reasons, device
+    except ImportError as exc:
+        needing = ", ".join(_what(kind, source) for kind, source in asked.items())
+        raise ModelLoadError(f"{needing}: package torch is not installed ({INSTALL})") from exc
+    device = models.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return {kind: _loaded(kind, source, device) for kind, source in asked.items()}, reasons, device
 
 
 def _batches(images, size: int, desc: str):
@@ -314,7 +329,8 @@ def _model_terms(models: EvalModels, generated, references, prompts, targets, st
     loaded, reasons, device = _load_all(models)
     n = models.batch_size
     out = {k: Term.missing(reasons[m]) for k, m in
-           (("dino", "dino"), ("lpips", "lpips"), ("fid", "fid"), ("clip_r", "clip"), ("clip_iqa", "clip"))}
+           (("dino", "dino"), ("lpips", "lpips"), ("fid", "fid"), ("clip_r", "clip"), ("clip_iqa", "clip"))
+           if m in reasons}
     if "dino" in loaded:
         out["dino"] = Term(_dino(*loaded["dino"], generated, references, device, n, f"DINOv2 {style}"))
     if "lpips" in loaded:
@@ -330,35 +346,73 @@ def _model_terms(models: EvalModels, generated, references, prompts, targets, st
 
 
 # ---------------------------------------------------------------- folders → scores
-def _result_images(results_dir: Path, prompts: Dict[str, str], prompt_file: Path):
-    """``[(prompt, image)]`` for every ``<Prompt>.png`` in ``results_dir``; unknown prompts are an error."""
+def _image_size(path: Path) -> Tuple[int, int]:
+    """The size in the file's header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for unreadable or truncated files
+        raise DataError(f"{path}: not a readable image ({exc})") from exc
+
+
+def _result_files(results_dir: Path, prompt_file: Path, size: int) -> Tuple[List[Tuple[str, Path]], List[str]]:
+    """``[(prompt, file)]`` of the results present, in prompt order, and what makes the set incomplete (prompts
+    without an image, images not ``size``²). Files map to prompts by :func:`styleblend.data.result_name`; a
+    ``.png`` that names no prompt is an error, since it would be scored against no prompt."""
     if not results_dir.is_dir():
         raise DataError(f"{results_dir}: no results folder (expected <results>/<set>/<style>/<Prompt>.png)")
-    files = sorted(p for p in results_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+    prompts = list(load_prompts(prompt_file).values())
+    named = {result_name(prompt): prompt for prompt in prompts}
+    files = sorted(p for p in results_dir.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() == ".png")
     if not files:
         raise DataError(f"{results_dir}: no .png result images")
-    known = set(prompts.values())
-    unknown = [p.name for p in files if p.stem not in known]
+    unknown = [p.name for p in files if p.name not in named]
     if unknown:
         raise DataError(f"{results_dir}: {', '.join(unknown)} not named after a prompt of {prompt_file}")
-    return list(zip([path.stem for path in files], read_images(files)))
+    found = {named[p.name]: p for p in files}
+    problems = []
+    missing = [prompt for prompt in prompts if prompt not in found]
+    if missing:
+        problems.append(f"no image for {len(missing)} of {len(prompts)} prompts ({', '.join(missing)})")
+    sizes = {path.name: _image_size(path) for path in found.values()}
+    wrong = [f"{name} is {w}x{h}" for name, (w, h) in sizes.items() if (w, h) != (size, size)]
+    if wrong:
+        problems.append(f"{', '.join(wrong)}, not {size}x{size}")
+    return [(prompt, found[prompt]) for prompt in prompts if prompt in found], problems
 
 
-def evaluate_style(results_dir, style_data_dir, models: EvalModels = EvalModels()) -> StyleScore:
-    """Score one style's generated images (``results_dir``) against its style folder (``style_data_dir``)."""
+def _refuse_incomplete(problems: Dict[Path, List[str]]) -> None:
+    """One DataError naming every folder whose result set is incomplete, and what it lacks."""
+    bad = [f"{folder}: {'; '.join(found)}" for folder, found in problems.items() if found]
+    if bad:
+        raise DataError(" | ".join(bad) + " (allow_partial=True, or --allow-partial, scores what is there and "
+                        "flags it)")
+
+
+def evaluate_style(results_dir, style_data_dir, models: EvalModels = EvalModels(), allow_partial: bool = False,
+                   size: int = IMAGE_SIZE) -> StyleScore:
+    """Score one style's generated images (``results_dir``) against its style folder (``style_data_dir``).
+
+    The results must be one ``size``² image per prompt; ``allow_partial`` scores what is there instead and lists
+    what is not in the score's ``incomplete``.
+    """
     style_data_dir = Path(style_data_dir)
     data = load_style(style_data_dir.parent, style_data_dir.name)
-    results = _result_images(Path(results_dir), data.prompts, style_data_dir / "prompt.json")
+    results_dir = Path(results_dir)
+    files, problems = _result_files(results_dir, style_data_dir / "prompt.json", size)
+    if not allow_partial:
+        _refuse_incomplete({results_dir: problems})
     prompts = list(data.prompts.values())
-    generated = [img for _, img in results]
+    generated = read_images([path for _, path in files])
     references = [ref.image for ref in data.images]
-    terms = {"hist": Term(hist_similarity(generated, references))}
-    terms.update(_model_terms(models, generated, references, prompts,
-                              [prompts.index(p) for p, _ in results], data.style))
+    terms = _model_terms(models, generated, references, prompts, [prompts.index(p) for p, _ in files], data.style)
+    terms["hist"] = Term(hist_similarity(generated, references))
     score = StyleScore(data.style, **{k: terms[k].value for k in TERMS})
     for name, value in zip(AGGREGATES, combine(*(terms[k].value for k in TERMS))):
         setattr(score, name, value)
     score.reasons = {k: t.reason for k, t in terms.items() if t.value is None}
+    score.incomplete = problems
     _explain_aggregates(score)
     return score
 
@@ -383,15 +437,21 @@ def mean_score(scores: Sequence[StyleScore], name: str = "mean") -> StyleScore:
             why = sorted({s.reasons.get(column, "") for s in scores if getattr(s, column) is None} - {""})
             detail = f" ({'; '.join(why)})" if why else ""
             mean.reasons[column] = NOT_COMPUTED + f"missing for {', '.join(lacking)}{detail}"
+    partial = [s.style for s in scores if s.incomplete]
+    if partial:
+        mean.incomplete = [f"includes incomplete style(s) {', '.join(partial)}"]
     return mean
 
 
 def evaluate_set(set_name: str, results_root, data_root, styles: Optional[Sequence[str]] = None,
-                 models: EvalModels = EvalModels(), out_csv=None) -> List[StyleScore]:
+                 models: EvalModels = EvalModels(), out_csv=None, allow_partial: bool = False,
+                 size: int = IMAGE_SIZE) -> List[StyleScore]:
     """Score ``<results_root>/<set_name>/<style>/`` for each style (default: every style in ``data_root``).
 
     Returns one :class:`StyleScore` per style followed by the ``mean`` row (the set's score, mean over styles);
-    ``out_csv`` (replaced if present: it is recomputed from the images) gets the same rows.
+    ``out_csv`` (replaced if present: it is recomputed from the images) gets the same rows. Every style's results
+    are checked (see :func:`evaluate_style` for ``allow_partial`` and ``size``) and the models loaded before any
+    scoring, so a bad set or model fails at once, not after hours.
     """
     set_dir = Path(results_root) / set_name
     if not set_dir.is_dir():
@@ -402,7 +462,11 @@ def evaluate_set(set_name: str, results_root, data_root, styles: Optional[Sequen
     missing = [s for s in styles if not (set_dir / s).is_dir()]
     if missing:
         raise DataError(f"{set_dir}: no result folder for style(s) {', '.join(missing)}")
-    scores = [evaluate_style(set_dir / s, Path(data_root) / s, models)
+    problems = {set_dir / s: _result_files(set_dir / s, Path(data_root) / s / "prompt.json", size)[1] for s in styles}
+    if not allow_partial:
+        _refuse_incomplete(problems)
+    _load_all(models)
+    scores = [evaluate_style(set_dir / s, Path(data_root) / s, models, allow_partial, size)
               for s in progress(styles, f"evaluate {set_name}")]
     scores.append(mean_score(scores))
     if out_csv is not None:
@@ -440,14 +504,18 @@ def read_csv(path) -> List[StyleScore]:
 
 
 def markdown_table(scores: Sequence[StyleScore]) -> str:
-    """A Markdown table of the rows ("—" = not computed), then the distinct reasons for missing terms."""
+    """A Markdown table of the rows ("—" = not computed; "(incomplete)" after a style scored on a partial result
+    set), then what each incomplete style lacks and the distinct reasons for missing terms."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for s in scores:
-        cells = [s.style] + ["—" if getattr(s, c) is None else f"{getattr(s, c):.4f}" for c in COLUMNS[1:]]
+        cells = [s.style + (" (incomplete)" if s.incomplete else "")]
+        cells += ["—" if getattr(s, c) is None else f"{getattr(s, c):.4f}" for c in COLUMNS[1:]]
         lines.append("| " + " | ".join(cells) + " |")
-    notes = sorted({f"{c}: {s.reasons[c]}" for s in scores if s.style != "mean" for c in TERMS if c in s.reasons})
+    notes = [f"{s.style} incomplete: {problem}" for s in scores if s.style != "mean" for problem in s.incomplete]
+    notes += sorted({f"{c}: {s.reasons[c]}" for s in scores if s.style != "mean" for c in TERMS if c in s.reasons})
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
 
-__all__ = ["Term", "StyleScore", "EvalModels", "combine", "hist_similarity", "frechet_distance", "clip_r_hits",
-           "evaluate_style", "evaluate_set", "mean_score", "write_csv", "read_csv", "markdown_table", "COLUMNS"]
+__all__ = ["IMAGE_SIZE", "Term", "StyleScore", "EvalModels", "combine", "hist_similarity", "frechet_distance",
+           "clip_r_hits", "evaluate_style", "evaluate_set", "mean_score", "write_csv", "read_csv", "markdown_table",
+           "COLUMNS"]

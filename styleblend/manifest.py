@@ -63,13 +63,19 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=8)
 def model_fingerprint(folder: str) -> str:
-    """A hash over every file of a model folder (relative name and :func:`file_digest`); hidden files skipped."""
+    """A hash over every file of a model folder (relative name and :func:`file_digest`); hidden files skipped.
+    Computed once per process for the same files (names, sizes, modification times)."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".")
-                                                                       for part in p.relative_to(root).parts))
-    return digest({str(p.relative_to(root)): file_digest(p) for p in files})
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    stats = tuple((name, (root / name).stat().st_size, (root / name).stat().st_mtime_ns) for name in files)
+    return _fingerprint(str(root), stats)
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(folder: str, stats: tuple) -> str:
+    return digest({name: file_digest(Path(folder) / name) for name, _, _ in stats})
 
 
 def model_identity(sd) -> Dict[str, str]:
@@ -141,6 +147,25 @@ def checkpoint_manifest(ckpt) -> Manifest:
 def results_manifest(results_dir: Path, set_name: str, style: str) -> Manifest:
     """The manifest of ``<results>/<set>/<style>/``."""
     return Manifest.load(Path(results_dir) / RESULTS_MANIFEST, set_name, style)
+
+
+def recorded_models(results_root, set_name: str, styles) -> Dict[str, list]:
+    """``"<folder> [<fingerprint>]"`` of the model each style's images were made with (their manifest), mapped to
+    those styles; styles without generated images are left out."""
+    made: Dict[str, list] = {}
+    for style in styles:
+        model = results_manifest(Path(results_root) / set_name / style, set_name, style).model()
+        if model:
+            made.setdefault(f"{model['path']} [{model['fingerprint']}]", []).append(style)
+    return made
+
+
+def run_digest(model: Optional[str], recipe) -> str:
+    """What a run of the notebooks is made of, for its report's rows: the model (a local folder's fingerprint,
+    else the name given; ``""``: the tiny model) and the effective recipe."""
+    folder = Path(model).expanduser() if model else None
+    identity = model_fingerprint(str(folder.resolve())) if folder is not None and folder.is_dir() else model or ""
+    return digest({"model": identity, "recipe": recipe.to_dict()})
 
 
 def decide(manifest: Manifest, stage: str, key: dict, outputs: Iterable[Path], force: bool,

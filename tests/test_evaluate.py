@@ -1,17 +1,23 @@
-"""The challenge score: colour histograms, the formula, not-computed terms, folder errors, CSV, tiny models."""
+"""The challenge score: colour histograms, the formula, not-computed terms, models that fail to load, incomplete
+result sets, folder errors, CSV, the command, tiny models."""
+import importlib.util
 import json
+import re
 import string
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from styleblend.errors import DataError
-from styleblend.evaluate import (COLUMNS, EvalModels, clip_r_hits, combine, evaluate_set, evaluate_style,
+from styleblend.data import result_name
+from styleblend.errors import DataError, ModelLoadError
+from styleblend.evaluate import (COLUMNS, IMAGE_SIZE, EvalModels, clip_r_hits, combine, evaluate_set, evaluate_style,
                                  frechet_distance, hist_similarity, markdown_table, read_csv)
+from styleblend.runners.cli import main
 
 RED, DARK_RED, BLUE = (255, 0, 0), (128, 0, 0), (0, 0, 255)
 PROMPTS = {"0": "Ring", "1": "Dog", "2": "Cat"}
+TWO, ONE = {"0": "Ring", "1": "Dog"}, {"0": "Ring"}
 
 
 def solid(colour, size=32):
@@ -98,9 +104,10 @@ def test_clip_r_counts_a_hit_only_in_the_top_five():
 
 # ---------------------------------------------------------------- offline run, CSV, table
 def test_offline_set_computes_hist_only_and_says_why(tmp_path):
-    data, results = make_set(tmp_path, {"apple": solid(RED), "ball": noise(1)}, {"Ring": solid(RED), "Dog": noise(2)})
+    data, results = make_set(tmp_path, {"apple": solid(RED), "ball": noise(1)}, {"Ring": solid(RED), "Dog": noise(2)},
+                             TWO)
     csv_path = tmp_path / "scores.csv"
-    scores = evaluate_set("B", results, data, models=EvalModels(), out_csv=csv_path)
+    scores = evaluate_set("B", results, data, models=EvalModels(), out_csv=csv_path, size=32)
     assert [s.style for s in scores] == ["00", "mean"]
     style, mean = scores
     assert 0.0 < style.hist < 1.0 and mean.hist == pytest.approx(style.hist)
@@ -122,23 +129,38 @@ def test_offline_set_computes_hist_only_and_says_why(tmp_path):
     assert "- dino: not computed: no weights given" in table
 
 
-def test_missing_weights_and_packages_are_reasons_not_numbers(tmp_path):
-    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED)})
-    models = EvalModels(dino=str(tmp_path / "no_dinov2"), clip=str(tmp_path / "no_clip"))
-    score = evaluate_style(results / "B" / "00", data / "00", models)
-    assert score.dino is None and str(tmp_path / "no_dinov2") in score.reasons["dino"]
-    assert score.clip_r is None and "no_clip" in score.reasons["clip_iqa"]
+def test_a_model_asked_for_that_is_missing_is_an_error_naming_it(tmp_path):
+    pytest.importorskip("torch")
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED)}, ONE)
+    missing = tmp_path / "no_dinov2"
+    with pytest.raises(ModelLoadError, match=f"DINOv2 weights {re.escape(str(missing))}: no such file or folder"):
+        evaluate_style(results / "B" / "00", data / "00", EvalModels(dino=str(missing)), size=32)
 
 
-def test_lpips_without_its_package_is_not_computed(tmp_path):
-    try:
-        import lpips  # noqa: F401
+@pytest.mark.filterwarnings("ignore:`torch.jit")
+def test_a_model_asked_for_that_cannot_load_is_an_error_naming_it_and_the_cause(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED)}, ONE)
+    clip = tmp_path / "garbage_clip"
+    clip.mkdir()
+    (clip / "config.json").write_text("not json {")
+    (clip / "model.safetensors").write_bytes(b"\0garbage")
+    with pytest.raises(ModelLoadError, match=f"CLIP weights {re.escape(str(clip))}: could not load"):
+        evaluate_set("B", results, data, models=EvalModels(clip=str(clip)), size=32)
+    fid = tmp_path / "inception.pt"
+    fid.write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match=f"FID Inception file {re.escape(str(fid))}: could not load"):
+        evaluate_set("B", results, data, models=EvalModels(fid=str(fid)), size=32)
+
+
+def test_lpips_asked_for_without_its_package_is_an_error(tmp_path):
+    pytest.importorskip("torch")
+    if importlib.util.find_spec("lpips"):
         pytest.skip("the lpips package is installed here")
-    except ImportError:
-        pass
-    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED)})
-    score = evaluate_style(results / "B" / "00", data / "00", EvalModels(lpips=True))
-    assert score.lpips is None and "lpips is not installed" in score.reasons["lpips"]
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED)}, ONE)
+    with pytest.raises(ModelLoadError, match="LPIPS: package lpips is not installed"):
+        evaluate_style(results / "B" / "00", data / "00", EvalModels(lpips=True), size=32)
 
 
 # ---------------------------------------------------------------- folder errors
@@ -168,9 +190,88 @@ def test_result_not_named_after_a_prompt_is_reported(tmp_path):
 
 
 def test_missing_reference_images_is_an_error(tmp_path):
-    data, results = make_set(tmp_path, {}, {"Ring": solid(RED)})
+    data, results = make_set(tmp_path, {}, {"Ring": solid(RED)}, ONE)
     with pytest.raises(DataError, match="images: no reference images"):
+        evaluate_set("B", results, data, size=32)
+
+
+# ---------------------------------------------------------------- complete result sets
+def test_an_incomplete_result_set_is_refused_naming_the_folder_and_the_prompts(tmp_path):
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED)})
+    with pytest.raises(DataError, match=r"results/B/00: no image for 2 of 3 prompts \(Dog, Cat\)"):
+        evaluate_set("B", results, data, size=32)
+    with pytest.raises(DataError, match=r"results/B/00: no image for 2 of 3 prompts \(Dog, Cat\)"):
+        evaluate_style(results / "B" / "00", data / "00", size=32)
+
+
+def test_wrong_size_images_are_refused_naming_them_and_their_size(tmp_path):
+    assert IMAGE_SIZE == 512
+    images = {"Ring": solid(RED, IMAGE_SIZE), "Dog": solid(RED, 256), "Cat": solid(RED, IMAGE_SIZE)}
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, images)
+    with pytest.raises(DataError, match=r"results/B/00: Dog\.png is 256x256, not 512x512"):
         evaluate_set("B", results, data)
+
+
+def test_allow_partial_scores_what_is_there_and_the_table_flags_it(tmp_path):
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED), "Dog": solid(BLUE, 16)})
+    style, mean = evaluate_set("B", results, data, size=32, allow_partial=True)
+    assert style.hist is not None
+    assert style.incomplete == ["no image for 1 of 3 prompts (Cat)", "Dog.png is 16x16, not 32x32"]
+    assert mean.incomplete == ["includes incomplete style(s) 00"]
+    table = markdown_table([style, mean])
+    assert "| 00 (incomplete) |" in table and "| mean (incomplete) |" in table
+    assert "- 00 incomplete: no image for 1 of 3 prompts (Cat)" in table.splitlines()
+    complete = make_set(tmp_path / "complete", {"apple": solid(RED)}, {p: solid(RED) for p in PROMPTS.values()})
+    assert "incomplete" not in markdown_table(evaluate_set("B", complete[1], complete[0], size=32))
+
+
+def test_a_prompt_too_long_for_a_file_name_is_found_under_its_short_name(tmp_path):
+    long = "a lighthouse on a cliff at dusk " * 10
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {}, {"0": "Ring", "1": long})
+    solid(RED).save(results / "B" / "00" / "Ring.png")
+    solid(RED).save(results / "B" / "00" / result_name(long))
+    [style, _] = evaluate_set("B", results, data, size=32)
+    assert style.hist == pytest.approx(1.0) and style.incomplete == []
+
+
+def test_hidden_files_in_a_results_folder_are_not_results(tmp_path):
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {p: solid(RED) for p in PROMPTS.values()})
+    (results / "B" / "00" / "._Ring.png").write_bytes(b"resource fork, not an image")
+    [style, _] = evaluate_set("B", results, data, size=32)
+    assert style.hist == pytest.approx(1.0) and style.incomplete == []
+
+
+# ---------------------------------------------------------------- the command
+def _cli(data, results, *options):
+    return main(["evaluate", "--set", "B", "--data", str(data), "--results", str(results), *options])
+
+
+def test_the_command_refuses_an_incomplete_set_unless_allow_partial(tmp_path, capsys):
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {"Ring": solid(RED, IMAGE_SIZE)})
+    assert _cli(data, results) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: ") and "no image for 2 of 3 prompts (Dog, Cat)" in err
+    assert err.count("\n") == 1
+    assert _cli(data, results, "--allow-partial") == 0
+    assert "| 00 (incomplete) |" in capsys.readouterr().out
+
+
+def test_the_command_fails_when_a_model_it_was_given_does_not_load(tmp_path, capsys):
+    pytest.importorskip("torch")
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {p: solid(RED, IMAGE_SIZE) for p in PROMPTS.values()})
+    missing = tmp_path / "no_dinov2"
+    assert _cli(data, results, "--dino", str(missing)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: DINOv2 weights {missing}: no such file or folder\n"
+    assert _cli(data, results) == 0, "a term not asked for is still only not computed"
+    assert "dino: not computed: no weights given" in capsys.readouterr().out
+
+
+def test_the_command_refuses_a_folder_as_out_before_scoring(tmp_path, capsys):
+    data, results = make_set(tmp_path, {"apple": solid(RED)}, {p: solid(RED, IMAGE_SIZE) for p in PROMPTS.values()})
+    assert _cli(data, results, "--out", str(tmp_path)) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: --out {tmp_path} is a folder; give a CSV file name\n"
 
 
 # ---------------------------------------------------------------- tiny random models (transformers + torch)
@@ -212,11 +313,11 @@ def tiny_models(tmp_path_factory):
 @pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_tiny_models_give_real_terms(tiny_models, tmp_path):
     ref = noise(3, 40)
-    data, results = make_set(tmp_path, {"apple": ref}, {"Ring": ref, "Dog": noise(4, 40)})
+    data, results = make_set(tmp_path, {"apple": ref}, {"Ring": ref, "Dog": noise(4, 40)}, TWO)
     score = evaluate_style(results / "B" / "00", data / "00",
-                           EvalModels(dino=tiny_models["dino"], clip=tiny_models["clip"], device="cpu"))
+                           EvalModels(dino=tiny_models["dino"], clip=tiny_models["clip"], device="cpu"), size=40)
     assert -1.0 <= score.dino < 1.0  # one generated image is the reference itself, one is not
-    assert score.clip_r == 1.0  # three prompts: every prompt is in the top five
+    assert score.clip_r == 1.0  # two prompts: every prompt is in the top five
     assert 0.0 < score.clip_iqa < 1.0 and score.text_score == 0.5
     assert score.lpips is None and score.style_score is None and score.final is None
     assert score.fid is None and score.quality_score is None and "fid" in score.reasons["quality_score"]
@@ -225,13 +326,15 @@ def test_tiny_models_give_real_terms(tiny_models, tmp_path):
 @pytest.mark.filterwarnings("ignore:`torch.jit")
 def test_tiny_dino_and_fid_of_the_references_themselves(tiny_models, tmp_path):
     one = noise(5, 40)
-    data, results = make_set(tmp_path, {"apple": one}, {"Ring": one})
-    score = evaluate_style(results / "B" / "00", data / "00", EvalModels(dino=tiny_models["dino"], device="cpu"))
+    data, results = make_set(tmp_path, {"apple": one}, {"Ring": one}, ONE)
+    score = evaluate_style(results / "B" / "00", data / "00", EvalModels(dino=tiny_models["dino"], device="cpu"),
+                           size=40)
     assert score.dino == pytest.approx(1.0, abs=1e-5)
 
     refs = {"apple": noise(6, 40), "ball": noise(7, 40)}
-    data, results = make_set(tmp_path / "fid", refs, {"Ring": refs["apple"], "Dog": refs["ball"]})
-    same = evaluate_style(results / "B" / "00", data / "00", EvalModels(fid=tiny_models["fid"], device="cpu"))
-    data, results = make_set(tmp_path / "fid2", refs, {"Ring": solid(RED, 40), "Dog": solid(BLUE, 40)})
-    other = evaluate_style(results / "B" / "00", data / "00", EvalModels(fid=tiny_models["fid"], device="cpu"))
+    fid = EvalModels(fid=tiny_models["fid"], device="cpu")
+    data, results = make_set(tmp_path / "fid", refs, {"Ring": refs["apple"], "Dog": refs["ball"]}, TWO)
+    same = evaluate_style(results / "B" / "00", data / "00", fid, size=40)
+    data, results = make_set(tmp_path / "fid2", refs, {"Ring": solid(RED, 40), "Dog": solid(BLUE, 40)}, TWO)
+    other = evaluate_style(results / "B" / "00", data / "00", fid, size=40)
     assert same.fid == pytest.approx(0.0, abs=1e-3) and other.fid > 100.0

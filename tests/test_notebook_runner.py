@@ -1,11 +1,20 @@
 """The papermill runner behind `make reproduce`: report rows (per style and merged), a failing notebook stops only
-its style, resume."""
+its style, resume, SIGINT/SIGTERM end the whole process tree, one runner per style."""
+import contextlib
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import nbformat
+import psutil
 import pytest
 
+from styleblend.checkpoints import StyleCheckpoint
 from styleblend.errors import ConfigError
+from styleblend.locks import LockedError, style_lock
 from styleblend.runners.notebooks import died_logs, run_notebooks
 
 
@@ -132,3 +141,108 @@ def test_an_error_in_a_cell_is_not_retried(tmp_path):
     [row] = _run(tmp_path, ["a"], folder, kernel_retries=3)
     assert row.status == "failed" and "broken" in row.message
     assert counter.read_text() == "x", "the notebook ran once"
+
+
+# the runner as `python -m styleblend notebooks` runs it, on the notebooks folder given first
+RUNNER = ("import functools, pathlib, sys\n"
+          "import styleblend.runners.notebooks as nb\n"
+          "from styleblend.runners.cli import main\n"
+          "nb.run_notebooks = functools.partial(nb.run_notebooks, folder=pathlib.Path(sys.argv[1]))\n"
+          "sys.exit(main(sys.argv[2:]))")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_ends_the_runner_its_notebook_and_kernel_and_records_stopped(tmp_path, signum):
+    started = tmp_path / "kernel-started"
+    folder = _one_notebook(tmp_path, "00_sleeps.ipynb",
+                           f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(600)")
+    (tmp_path / "data" / "a" / "images").mkdir(parents=True)
+    out = tmp_path / "outputs"
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(folder), "notebooks", "--set", "demo", "--styles", "a",
+                               "--data", str(tmp_path / "data"), "--results", str(tmp_path / "r"),
+                               "--checkpoints", str(tmp_path / "c"), "--outputs", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree = []
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+            time.sleep(0.2)
+        tree = psutil.Process(runner.pid).children(recursive=True)
+        assert len(tree) >= 2, "papermill and its kernel"
+        runner.send_signal(signum)
+        _, err = runner.communicate(timeout=60)
+        assert runner.returncode == 128 + signum, err
+        assert err.startswith(f"stopped by {signal.Signals(signum).name}: a 00_sleeps is recorded as stopped")
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert not _running(tree), "no papermill or kernel outlives the runner"
+        with open(out / "reports" / "a.csv") as f:
+            assert [(r["notebook"], r["status"]) for r in csv.DictReader(f)] == [("00_sleeps", "stopped")]
+    finally:
+        for proc in _running(tree):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+
+
+def _running(procs):
+    """The processes of ``procs`` still running (a zombie has ended; only its reaping is left)."""
+    running = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
+def test_a_style_another_run_holds_is_refused_naming_the_holder(tmp_path):
+    folder = _one_notebook(tmp_path, "00_ok.ipynb", "print('ran')")
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with style_lock(StyleCheckpoint(tmp_path / "c", "demo", "a")):
+        with pytest.raises(LockedError, match=f"style a of set demo .* in use by another run \\(pid {os.getpid()} "):
+            _run(tmp_path, ["a"], folder)
+    assert not (tmp_path / "outputs" / "notebooks" / "a").exists() and not (tmp_path / "outputs" / "reports").exists()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert [r.status for r in _run(tmp_path, ["a"], folder)] == ["ok"], "the lock is the run's only while it runs"
+
+
+def test_another_model_or_recipe_runs_the_notebooks_again_and_the_report_names_the_images_model(tmp_path):
+    """(issue: stale results) A notebook ok in the last report is skipped only for the same model and recipe,
+    and the report's header names the model the images' manifest records, not the command line's."""
+    import json
+
+    folder = tmp_path / "nbs"
+    folder.mkdir()
+    _notebook(folder / "00_ok.ipynb", "print('style', style)")
+    out, model = tmp_path / "outputs", tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    run = lambda **kw: run_notebooks("demo", tmp_path, ["a"], tmp_path / "r", tmp_path / "c", out,  # noqa: E731
+                                     folder=folder, echo=lines.append, **kw)
+    lines = []
+    run()
+    lines.clear()
+    run()
+    assert any(line.startswith("skip  a 00_ok") for line in lines)
+    lines.clear()
+    run(model=str(model))
+    assert any(line.startswith("again a 00_ok") for line in lines), lines
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("seed: 5\n")
+    lines.clear()
+    run(model=str(model), recipe=str(recipe))
+    assert any(line.startswith("again a 00_ok") for line in lines), lines
+
+    made = {"set": "demo", "style": "a", "stages": {"generate": {"complete": True, "key": {
+        "model": {"path": "/models/other-sd21", "fingerprint": "abc123"}}}}}
+    (tmp_path / "r" / "demo" / "a").mkdir(parents=True)
+    (tmp_path / "r" / "demo" / "a" / ".manifest.json").write_text(json.dumps(made))
+    (model / "model_index.json").write_text('{"changed": 1}')
+    run(model=str(model), recipe=str(recipe))
+    header = (out / "report.md").read_text()
+    assert "Images made with /models/other-sd21 [abc123]: style(s) a" in header
+    assert f"Model: {model}" not in header

@@ -8,12 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from styleblend.errors import DivergedError, ModelLoadError
 from styleblend.locks import LockedError, style_lock
-from styleblend.manifest import StaleError, model_fingerprint
+from styleblend.manifest import StaleError
 from styleblend.reproduce import reproduce
 from styleblend.runners.cli import main
 from styleblend.checkpoints import StyleCheckpoint
@@ -69,7 +68,6 @@ def test_same_folder_other_weights_is_not_reused(run_dir, monkeypatch):
     data = bytearray(weights.read_bytes())
     data[-8:] = bytes(8)  # another weight file of the same size
     weights.write_bytes(bytes(data))
-    model_fingerprint.cache_clear()  # a process fingerprints a folder once
     with pytest.raises(StaleError, match="same folder, other contents"):
         reproduce("demo", DEMO, fresh / "result", fresh / "checkpoints", styles=["dots"], **quiet)
 

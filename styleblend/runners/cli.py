@@ -48,7 +48,8 @@ def _paths(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     _paths(p)
-    p.add_argument("--seed", type=int, default=None, help="one seed for every prompt (default: per-prompt seeds)")
+    p.add_argument("--seed", type=_count, default=None,
+                   help="one seed (a whole number ≥ 0) for every prompt (default: per-prompt seeds)")
     p.add_argument("--force", action="store_true", help="retrain / regenerate even where outputs exist")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (images still 512²); always "
                    "without --model")
@@ -65,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(name, help=helps[name]))
     ev = sub.add_parser("evaluate", help="the challenge score for generated images")
     _common(ev)
-    ev.add_argument("--out", default=None, help="write the scores as CSV")
+    ev.add_argument("--out", default=None, help="write the scores to this CSV file")
     ev.add_argument("--dino", default=None, help="local DINOv2 (facebook/dinov2-base) folder")
     ev.add_argument("--clip", default=None, help="local CLIP ViT-L/14 folder")
     ev.add_argument("--lpips", action="store_true", help="compute LPIPS (the lpips package; it fetches SqueezeNet)")
     ev.add_argument("--fid", default=None, help="local Inception file for FID (inception-2015-12-05.pt)")
+    ev.add_argument("--allow-partial", action="store_true", help="score styles with missing or wrong-size images "
+                    "too (the table flags them); default: an error")
     nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill (make reproduce)")
     _paths(nb)
     nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(mr)
     mr.add_argument("--outputs", default="outputs", help="where the per-style reports are")
     mr.add_argument("--model", default=None, help="the model the styles ran with (the report's header)")
+    mr.add_argument("--results", default="result", help="the generated images (their manifests name the model)")
     warm = sub.add_parser("warmup", help="compile every Jittor kernel the notebooks need, once per machine "
                           "(make warmup; make demo, reproduce and test run it first)")
     _selection(warm)
@@ -96,11 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data", required=True)
     tiny = sub.add_parser("write-tiny", help="write the tiny random SD model (diffusers folder format)")
     tiny.add_argument("path")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--seed", type=_count, default=0)
     rnd = sub.add_parser("write-random",
                          help="write a full SD 2.1-architecture folder with random weights (GPU timing)")
     rnd.add_argument("path")
-    rnd.add_argument("--seed", type=int, default=0)
+    rnd.add_argument("--seed", type=_count, default=0)
     rnd.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     return parser
 
@@ -113,7 +117,9 @@ def _data_root(args) -> Path:
 def _run_stage(args) -> None:
     from .. import reproduce as rp
     from ..data import load_style, select_styles
+    from ..locks import style_lock
     from ..run_context import open_set
+    from ..validate import validate_styles
 
     results, checkpoints = Path(args.results).resolve(), Path(args.checkpoints).resolve()
     if args.command == "reproduce":
@@ -123,28 +129,40 @@ def _run_stage(args) -> None:
     styles = select_styles(_data_root(args), _styles(args.styles))
     run = open_set(_data_root(args), args.set_name, args.model, args.config, results, checkpoints, smoke=args.smoke)
     sd, recipe, paths = run.sd, run.recipe, run.paths
+    for note in validate_styles(paths.data_root, styles, recipe, paths.set_name, sd.tokenizer):
+        print(f"note: {note}")
     for style in styles:
-        style_data = load_style(paths.data_root, style)
-        if args.command == "sdedit":
-            result = rp.run_sdedit(sd, style_data, recipe, paths, args.force)
-            print(f"style {style}: SDEdit images in {paths.checkpoint(style).sdedit_dir}. {result.note or ''}")
-        elif args.command == "coarse":
-            result = rp.run_coarse(sd, style_data, recipe, paths, args.force)
-            print(f"style {style}: coarse style " + ("already trained" if result is None else "trained"))
-        elif args.command == "fine":
-            result = rp.run_fine(sd, style_data, recipe, paths, args.force)
-            print(f"style {style}: fine style " + ("already trained" if result is None else "trained"))
-        else:
-            images = rp.run_generate(sd, style_data, recipe, paths, args.seed, args.force)
-            print(f"style {style}: {len(images)} images in {paths.results_root / args.set_name / style}")
+        with style_lock(paths.checkpoint(style)):
+            _run_one_stage(args, sd, recipe, paths, load_style(paths.data_root, style, recipe.image_fit))
+
+
+def _run_one_stage(args, sd, recipe, paths, style_data) -> None:
+    """One stage command (sdedit, coarse, fine, generate) for one style."""
+    from .. import reproduce as rp
+
+    style = style_data.style
+    if args.command == "sdedit":
+        result = rp.run_sdedit(sd, style_data, recipe, paths, args.force)
+        print(f"style {style}: SDEdit images in {paths.checkpoint(style).sdedit_dir}. {result.note or ''}")
+    elif args.command == "coarse":
+        result = rp.run_coarse(sd, style_data, recipe, paths, args.force)
+        print(f"style {style}: coarse style " + ("already trained" if result is None else "trained"))
+    elif args.command == "fine":
+        result = rp.run_fine(sd, style_data, recipe, paths, args.force)
+        print(f"style {style}: fine style " + ("already trained" if result is None else "trained"))
+    else:
+        images = rp.run_generate(sd, style_data, recipe, paths, args.seed, args.force)
+        print(f"style {style}: {len(images)} images in {paths.results_root / args.set_name / style}")
 
 
 def _evaluate(args) -> None:
     from ..evaluate import EvalModels, evaluate_set, markdown_table
 
+    if args.out and Path(args.out).is_dir():
+        raise StyleBlendError(f"--out {args.out} is a folder; give a CSV file name")
     scores = evaluate_set(args.set_name, Path(args.results), _data_root(args), styles=_styles(args.styles),
                           models=EvalModels(dino=args.dino, clip=args.clip, lpips=args.lpips or None, fid=args.fid),
-                          out_csv=args.out)
+                          out_csv=args.out, allow_partial=args.allow_partial)
     print(markdown_table(scores))
 
 
@@ -169,12 +187,31 @@ def _merge_reports(args) -> None:
     from ..data import select_styles
 
     styles = select_styles(_data_root(args), _styles(args.styles))
-    rows = merge_reports(args.outputs, report_header(args.model))
+    rows = merge_reports(args.outputs, report_header(args.model, Path(args.results).resolve(), args.set_name, styles))
     report = Path(args.outputs) / "report.md"
     failed = unfinished(rows, styles)
     if failed:
         raise StyleBlendError(f"style(s) {', '.join(failed)} did not finish (failed or not run): see {report}")
     print(f"report: {report} ({len(styles)} styles, every notebook ok)")
+
+
+def _clear_bars() -> None:
+    """Close the progress bars an error or interrupt left open (a comprehension's frame, kept by the traceback,
+    holds its bar), so the message that follows starts a clean line, not the end of a half-drawn bar. On a
+    terminal closing wipes the bar's line (``leave=False``); in a log, where ``\r`` does not go back, a newline."""
+    from tqdm import tqdm
+
+    bars = list(getattr(tqdm, "_instances", ()))
+    for bar in bars:
+        bar.close()
+    if bars and not sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
+def _fail(message: str, status: int) -> int:
+    _clear_bars()
+    print(message, file=sys.stderr)
+    return status
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -209,13 +246,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (StyleBlendError, FileNotFoundError) as err:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(f"error: {err}", 2)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or the notebook runner's Stopped (SIGINT/SIGTERM; status 130/143)
+        if args.debug:
+            traceback.print_exc()
+        return _fail(str(stop) or "interrupted", getattr(stop, "status", 130))
     except Exception as err:  # an unexpected failure: one line, the traceback with --debug
         if args.debug:
             raise
-        print(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return _fail(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", 1)
     return 0
 
 

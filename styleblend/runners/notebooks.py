@@ -9,35 +9,113 @@ the report already lists as ``ok``.
 Each style has its own report, ``outputs/reports/<style>.csv``, so styles run in parallel (``make -jN``, Slurm
 array tasks) never write the same file; :func:`merge_reports` joins them into ``outputs/report.md`` + ``.csv``.
 With GPUs given, each style holds one free GPU (:mod:`styleblend.runners.gpus`) and its processes see only that one.
+Each style is run under its folder's lock (:func:`styleblend.locks.style_lock`), so a second runner on the same
+style stops at once with a :class:`~styleblend.locks.LockedError` naming the first.
+
+SIGINT (Ctrl-C) and SIGTERM stop the runner cleanly: the running notebook's papermill process and its whole process
+tree (the Jupyter kernel included) are ended, its row is recorded as ``stopped`` (a re-run does it again), and
+:class:`Stopped` is raised; the command line prints one line and exits 130 or 143, as a shell would.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import psutil
 
 from ..config import load_recipe
 from .gpus import claim_gpu, gpu_env
 from ..io import write_atomic
+from ..locks import style_lock
+from ..manifest import recorded_models, run_digest
 from ..memory import gpu_used_mb
 from ..run_context import REPO_ROOT, TINY_MODEL_BANNER
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
-REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message"]
+REPORT_FIELDS = ["notebook", "style", "seconds", "peak_ram_mb", "peak_gpu_mb", "status", "message", "run"]
 # A safety net, not a cure: a notebook whose kernel died is run again this many times, saying so loudly (kernels
 # died when Jittor compiled inside them: docs/first-run.md); errors in cells are not retried.
 KERNEL_RETRIES = 1
 KERNEL_DIED = "DeadKernelError"  # what papermill (nbclient) reports when the kernel process is gone
 DIED_LOG = ".died{}.log"  # <notebook>.died<N>.log: the log of a notebook's N-th attempt whose kernel died
+STOP_GRACE = 5.0  # seconds a stopped notebook's processes get to exit after SIGTERM, before SIGKILL
+STOPPED = "stopped"  # the status of a notebook the runner was stopped in (not ok: a re-run does it again)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the runner. A KeyboardInterrupt, so nothing on the way catches it as an error;
+    ``status`` is the exit status a shell reports for that signal (128 + its number)."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.status = signum, 128 + signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`Stopped` in the ``with`` block (once: a second signal while stopping is
+    ignored, so the cleanup finishes); the previous handlers come back after. Only the main thread gets signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[int] = []
+
+    def stop(signum, _frame):
+        if not received:
+            received.append(signum)
+            raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _stop_tree(pid: int, grace: float = STOP_GRACE) -> None:
+    """End ``pid`` and every process under it (papermill's Jupyter kernel is its child): SIGTERM, then SIGKILL to
+    what is left after ``grace`` seconds. The tree is listed first, as an orphaned kernel would leave it."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for action in ("terminate", "kill"):
+        for proc in procs:
+            try:
+                getattr(proc, action)()
+            except psutil.NoSuchProcess:
+                pass
+        deadline = time.monotonic() + grace
+        while procs and time.monotonic() < deadline:
+            time.sleep(0.05)
+            procs = _running(procs)
+        if not procs:
+            return
+
+
+def _running(procs: Iterable[psutil.Process]) -> List[psutil.Process]:
+    """The processes still running; a zombie has ended (it only waits for its parent or init to reap it)."""
+    running = []
+    for proc in procs:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return running
 
 
 @dataclass
@@ -49,6 +127,7 @@ class ReportRow:
     peak_gpu_mb: Optional[float]
     status: str
     message: str = ""
+    run: str = ""  # manifest.run_digest of the model and recipe: an ok row counts only for the same run
 
 
 def notebooks(folder: Path = NOTEBOOK_DIR) -> List[Path]:
@@ -88,9 +167,15 @@ class PeakMemory:
         self._thread.join()
 
 
-def report_header(model: Optional[str]) -> str:
-    """The report's first lines: the tiny-model warning, or the model used."""
-    return f"Model: {model}" if model else TINY_MODEL_BANNER
+def report_header(model: Optional[str], results_root=None, set_name: str = "", styles: Sequence[str] = ()) -> str:
+    """The report's first lines: the tiny-model warning when no model was given, then the model each style's images
+    were made with as their manifests record it (:mod:`styleblend.manifest`), or, before any, the model given."""
+    made = recorded_models(results_root, set_name, styles) if results_root is not None else {}
+    lines = [] if model else [TINY_MODEL_BANNER]
+    lines += [f"Images made with {name}: style(s) {', '.join(found)}" for name, found in made.items()]
+    if model and not made:
+        lines.append(f"Model: {model}")
+    return "\n".join(lines)
 
 
 def style_report(outputs, style: str) -> Path:
@@ -103,7 +188,7 @@ def read_report(path: Path) -> Dict[tuple, ReportRow]:
     if not path.exists():
         return {}
     with open(path, newline="") as f:
-        rows = [ReportRow(**{k: r[k] for k in REPORT_FIELDS}) for r in csv.DictReader(f)]
+        rows = [ReportRow(**{k: r.get(k) or "" for k in REPORT_FIELDS}) for r in csv.DictReader(f)]
     return {(r.style, r.notebook): r for r in rows}
 
 
@@ -162,8 +247,13 @@ def run_one(notebook: Path, out: Path, parameters: Dict[str, object], env: Dict[
     start, ram_mb, gpu_mb, died = time.perf_counter(), 0.0, None, []
     while True:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
-            log, _ = proc.communicate()
+        try:
+            with PeakMemory(proc.pid, env.get("CUDA_VISIBLE_DEVICES")) as peak:
+                log, _ = proc.communicate()
+        except BaseException:  # stopped (Stopped, Ctrl-C) or broken: no papermill or kernel may outlive the runner
+            _stop_tree(proc.pid)
+            proc.wait()
+            raise
         ram_mb = max(ram_mb, peak.ram_mb)
         gpu_mb = peak.gpu_mb if gpu_mb is None else max(gpu_mb, peak.gpu_mb or 0.0)
         if proc.returncode == 0 or KERNEL_DIED not in log or len(died) >= kernel_retries:
@@ -193,6 +283,47 @@ def _last_error(log: str, out: Path) -> str:
     return f"{error[:200]} (executed notebook kept: {out}; its log: {out.with_suffix('.log')})"
 
 
+def _run_style(style: str, folder: Path, outputs: Path, params: Dict[str, object], env: Dict[str, str],
+               gpus: Sequence[str], merge: bool, header, kernel_retries: int, run: str, echo) -> List[ReportRow]:
+    """One style's notebooks, resuming from its report (rows of the same ``run`` only); its rows. A
+    :class:`Stopped` run is recorded, then raised. ``header()``: the merged report's header."""
+    report = style_report(outputs, style)
+    rows = read_report(report)
+    todo = []
+    for nb in notebooks(folder):
+        done = rows.get((style, nb.stem))
+        if done is not None and done.status == "ok" and (outputs / "notebooks" / style / nb.name).exists():
+            if done.run == run:
+                echo(f"skip  {style} {nb.stem} (ok in the last report)")
+                continue
+            echo(f"again {style} {nb.stem}: the last report's run had another model or recipe")
+        todo.append(nb)
+    with claim_gpu(gpus if todo else (), outputs / GPU_LOCKS, echo=echo) as gpu:  # a finished style needs none
+        if gpu is not None:
+            echo(f"style {style} on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})")
+        for nb in todo:
+            start, stop = time.perf_counter(), None
+            try:
+                row = run_one(nb, outputs / "notebooks" / style / nb.name, params, gpu_env(env, gpu), kernel_retries,
+                              echo)
+                row.run = run
+            except Stopped as err:
+                stop, row = err, ReportRow(nb.stem, style, time.perf_counter() - start, 0.0, None, STOPPED, str(err))
+            rows[(style, nb.stem)] = row
+            _write_csv(rows.values(), report)
+            if merge:
+                merge_reports(outputs, header())
+            if stop is not None:
+                raise Stopped(stop.signum, f"{stop}: {style} {nb.stem} is recorded as {STOPPED} in {report}; a re-run "
+                              "starts it again")
+            echo(f"{row.status:5s} {style} {nb.stem}: {row.seconds:.1f} s, peak RAM {row.peak_ram_mb:.0f} MiB"
+                 + (f" — {row.message}" if row.message else ""))
+            if row.status != "ok":
+                echo(f"style {style} stopped at {nb.stem}; the other styles continue")
+                break
+    return list(rows.values())
+
+
 def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root, checkpoints_root, outputs,
                   model: Optional[str] = None, folder: Path = NOTEBOOK_DIR, echo=print, gpus: Sequence[str] = (),
                   merge: bool = True, recipe: Optional[str] = None,
@@ -203,12 +334,15 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
     ``kernel_retries``: how often a notebook whose kernel died is started again (see :func:`run_one`).
 
     A style's report is rewritten after every notebook, so an interruption loses nothing; ``merge`` rewrites the
-    joined report each time too (parallel jobs leave that to one :func:`merge_reports` at the end).
+    joined report each time too (parallel jobs leave that to one :func:`merge_reports` at the end). A style locked
+    by another run raises :class:`~styleblend.locks.LockedError` before anything of it runs; SIGINT or SIGTERM
+    raise :class:`Stopped` (see the module's docstring).
     """
+    from ..checkpoints import StyleCheckpoint  # not at the top: it loads Jittor, which styles/merge-reports skip
+
     outputs = Path(outputs).resolve()
-    if recipe:
-        load_recipe(recipe)  # a bad file fails here, naming the file and key, not in every notebook
     tiny = not model
+    run = run_digest(model, load_recipe(recipe, smoke=tiny))  # a bad recipe file fails here, not in every notebook
     # PYTHONFAULTHANDLER: a kernel that dies of a signal (a crash in compiled code) prints its Python stack
     env = dict(os.environ, STYLEBLEND_QUIET="1", PYTHONFAULTHANDLER="1",
                **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
@@ -218,31 +352,12 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
               "results_root": Path(results_root).resolve(), "checkpoints_root": Path(checkpoints_root).resolve(),
               "output_root": outputs, "model": model or "", "recipe_file": Path(recipe).resolve() if recipe else ""}
     all_rows: List[ReportRow] = []
-    for style in styles:
-        report = style_report(outputs, style)
-        rows = read_report(report)
-        todo = []
-        for nb in notebooks(folder):
-            done = rows.get((style, nb.stem))
-            if done is not None and done.status == "ok" and (outputs / "notebooks" / style / nb.name).exists():
-                echo(f"skip  {style} {nb.stem} (ok in the last report)")
-            else:
-                todo.append(nb)
-        with claim_gpu(gpus if todo else (), outputs / GPU_LOCKS, echo=echo) as gpu:  # a finished style needs none
-            if gpu is not None:
-                echo(f"style {style} on GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})")
-            for nb in todo:
-                row = run_one(nb, outputs / "notebooks" / style / nb.name, dict(params, style=style),
-                              gpu_env(env, gpu), kernel_retries, echo)
-                rows[(style, nb.stem)] = row
-                _write_csv(rows.values(), report)
-                if merge:
-                    merge_reports(outputs, report_header(model))
-                echo(f"{row.status:5s} {style} {nb.stem}: {row.seconds:.1f} s, peak RAM {row.peak_ram_mb:.0f} MiB"
-                     + (f" — {row.message}" if row.message else ""))
-                if row.status != "ok":
-                    echo(f"style {style} stopped at {nb.stem}; the other styles continue")
-                    break
-        all_rows += rows.values()
+    header = functools.partial(report_header, model, params["results_root"], set_name, styles)
+    with _stop_on_signals():
+        for style in styles:
+            # the runner's lock, never the notebooks': a second runner on this style stops here, naming this one
+            with style_lock(StyleCheckpoint(params["checkpoints_root"], set_name, style)):
+                all_rows += _run_style(style, folder, outputs, dict(params, style=style), env, gpus, merge, header,
+                                       kernel_retries, run, echo)
     echo(f"report: {outputs / 'report.md' if merge else outputs / 'reports'}")
     return all_rows

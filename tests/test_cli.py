@@ -1,0 +1,53 @@
+"""The command line's own rules: seeds are whole numbers ≥ 0, an error line never shares a line with a progress
+bar, and Ctrl-C ends with one line, not a traceback."""
+import re
+
+import pytest
+
+from styleblend.errors import StyleBlendError
+from styleblend.progress import progress
+from styleblend.runners import cli
+
+
+@pytest.mark.parametrize("command", [["generate"], ["reproduce"], ["write-tiny"]])
+def test_a_negative_seed_is_refused_naming_it(command, tmp_path, capsys):
+    path = [str(tmp_path / "tiny")] if command == ["write-tiny"] else []
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(command + path + ["--seed", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --seed: '-1' is not a whole number ≥ 0" in capsys.readouterr().err
+
+
+def _inside_a_live_bar(error):
+    """A command that fails halfway through a comprehension over a progress bar, as ``evaluate`` does: the
+    comprehension's frame, kept by the traceback, holds the bar's iterator, so the bar is still open when the
+    error is printed."""
+    def step(i):
+        if i == 1:
+            raise error
+
+    def run(_args):
+        return [step(i) for i in progress(range(3), "working")]
+    return run
+
+
+@pytest.fixture
+def bars_on(monkeypatch):
+    """Progress bars drawn, as in a terminal (the tests' environment turns them off)."""
+    monkeypatch.delenv("STYLEBLEND_QUIET", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+
+
+def test_an_error_line_starts_its_own_line_after_a_live_progress_bar(bars_on, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_evaluate", _inside_a_live_bar(StyleBlendError("the data is broken")))
+    assert cli.main(["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "working" in err, "the bar was drawn"
+    assert re.search(r"(?m)^error: the data is broken$", err), repr(err)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(bars_on, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_evaluate", _inside_a_live_bar(KeyboardInterrupt()))
+    assert cli.main(["evaluate"]) == 130
+    err = capsys.readouterr().err
+    assert re.search(r"(?m)^interrupted$", err) and "Traceback" not in err, repr(err)
