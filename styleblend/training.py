@@ -86,7 +86,7 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
             raise DivergedError(f"{desc}: the loss is {losses[-1]} at step {step + 1} of {steps}; nothing was "
                                 f"saved (a learning rate too high for this model? lr = {lr:g})")
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    if not all(math.isfinite(p.sum().item()) for p in params):  # a NaN or Inf anywhere makes the sum one
+    if not all(np.isfinite(p.numpy()).all() for p in params):  # .numpy(): no new fused kernel to compile
         raise DivergedError(f"{desc}: the weights hold NaN or Inf after step {steps}; nothing was saved "
                             f"(a learning rate too high for this model? lr = {lr:g})")
     return losses

@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("write-tiny", help="write the tiny random SD model (diffusers folder format)")
     tiny.add_argument("path")
     tiny.add_argument("--seed", type=_count, default=0)
+    world = sub.add_parser("toy-world", help="write the toy style set (held-out rendering styles of the toy world, "
+                           "laid out like B)")
+    world.add_argument("--data", default="data/toy", help="where (default data/toy); existing files are kept")
+    world.add_argument("--seed", type=_count, default=0)
+    toy = sub.add_parser("pretrain-toy", help="pretrain the toy model from scratch on the toy world (VAE, then "
+                         "text encoder + UNet; a GPU is advised)")
+    toy.add_argument("path", help="the new model folder")
+    toy.add_argument("--config", default=None, help="a YAML overriding configs/toy/pretrain.yaml's numbers")
+    toy.add_argument("--smoke", action="store_true", help="a few steps (a check that it runs)")
     rnd = sub.add_parser("write-random",
                          help="write a full SD 2.1-architecture folder with random weights (GPU timing)")
     rnd.add_argument("path")
@@ -240,6 +249,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "write-tiny":
             from ..sd.loading import write_tiny_sd
             print(write_tiny_sd(args.path, seed=args.seed))
+        elif args.command == "toy-world":
+            from ..toyworld import write_style_set
+            written = write_style_set(args.data, seed=args.seed)
+            print(f"{len(written)} files written into {args.data} (existing files kept)")
+        elif args.command == "pretrain-toy":
+            from ..pretrain import pretrain_toy
+            print(pretrain_toy(args.path, args.config, args.smoke))
         elif args.command == "write-random":
             from ..sd.loading import write_random_sd
             print(write_random_sd(args.path, seed=args.seed, dtype=args.dtype))

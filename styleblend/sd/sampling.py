@@ -76,6 +76,7 @@ def denoise(sd, latents: jt.Var, cond: jt.Var, uncond: Optional[jt.Var], timeste
             u, c = both[:len(latents)], both[len(latents):]
             noise = u + guidance * (c - u)
         latents, x0 = sd.scheduler.step(noise, t, latents)
+        latents.sync()  # the step as its own kernels; the check below adds one small reduction
         if not math.isfinite(latents.sum().item()):  # a NaN or Inf anywhere makes the sum one
             raise DivergedError(f"denoising: the latents hold NaN or Inf at step {i + 1} of {len(timesteps)} "
                                 f"(timestep {t}); no image was saved")

@@ -1,0 +1,148 @@
+"""Pretraining the toy model from scratch on the toy world (:mod:`styleblend.toyworld`): the VAE first, then the
+text encoder and the UNet together, as Stable Diffusion was trained, at toy size (``configs/toy``: SD 2.x's
+block layout, so StyleBlend's 16 self-attention layers exist, with small widths; 64² images, 16² latents).
+
+Every number is in ``configs/toy/pretrain.yaml``; the same file and seed give the same model up to the
+device's floating-point noise. :func:`pretrain_toy` writes a diffusers-layout folder that
+:func:`styleblend.sd.loading.load_sd` reads like any SD 2.x folder, and ``training_curves.json`` beside it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from .backend import jt
+
+from .config import CONFIG_DIR
+from .errors import ConfigError, ModelLoadError
+from .io import load_yaml, save_safetensors, write_atomic
+from .sd.loading import CONFIG_FILES, MODELS, load_sd, write_clip_vocab, write_random_sd
+from .sd.sampling import encode_prompt, latent_factor, to_tensor
+from .toyworld import pretraining_pairs
+from .training import denoising_loss, encode_moments, fit, sample_latents
+
+TOY_CONFIGS = CONFIG_DIR / "toy"
+
+
+@dataclass
+class PretrainConfig:
+    """The toy model's pretraining: data, then the VAE's and the denoiser's (text encoder + UNet) optimisation."""
+    seed: int
+    size: int           # image side in pixels
+    pairs: int          # (image, caption) pairs drawn from the toy world's pretraining styles
+    vae_steps: int
+    vae_batch: int
+    vae_lr: float
+    kl_weight: float    # the VAE's KL term (a small weight keeps latents close to N(0, 1) without blurring)
+    denoiser_steps: int
+    denoiser_batch: int
+    denoiser_lr: float
+    caption_drop: float  # fraction of captions replaced by "" (classifier-free guidance needs the empty prompt)
+
+    @classmethod
+    def load(cls, path=None, smoke: bool = False) -> "PretrainConfig":
+        """``configs/toy/pretrain.yaml`` (its ``smoke`` section with ``smoke``), then the user's file ``path``."""
+        data = load_yaml(TOY_CONFIGS / "pretrain.yaml")
+        values = dict(data["full"], **(data["smoke"] if smoke else {}))
+        if path:
+            values.update(load_yaml(path) or {})
+        names = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"{path or TOY_CONFIGS / 'pretrain.yaml'}: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**{k: (float(v) if names[k] == "float" else int(v)) for k, v in values.items()})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path or TOY_CONFIGS / 'pretrain.yaml'}: {exc}") from exc
+
+
+def vae_loss(vae, images: jt.Var, eps: jt.Var, kl_weight: float) -> jt.Var:
+    """Reconstruction MSE of a posterior sample plus ``kl_weight`` × the KL divergence to N(0, 1)."""
+    posterior = vae.encode(images)
+    recon = vae.decode(posterior.mean + posterior.std * eps)
+    kl = 0.5 * (posterior.mean.sqr() + posterior.logvar.exp() - 1.0 - posterior.logvar).mean()
+    return jt.nn.mse_loss(recon, images) + kl_weight * kl
+
+
+def train_vae(sd, images, cfg: PretrainConfig, rng: np.random.Generator) -> List[float]:
+    """The VAE on random batches of ``images``; then ``scaling_factor`` set so the UNet sees unit-variance latents."""
+    def loss_at(step: int) -> jt.Var:
+        batch = [images[i] for i in rng.integers(len(images), size=cfg.vae_batch)]
+        side = cfg.size // latent_factor(sd)
+        eps = jt.array(rng.standard_normal((cfg.vae_batch, sd.vae.config["latent_channels"], side, side),
+                                           dtype=np.float32))
+        return vae_loss(sd.vae, to_tensor(batch, cfg.size), eps, cfg.kl_weight)
+
+    losses = fit(list(sd.vae.parameters()), loss_at, cfg.vae_steps, cfg.vae_lr, (0.9, 0.999), 0.0, 1e-8,
+                 desc="toy VAE")
+    means = np.concatenate([mean for mean, _ in encode_moments(sd, images[:256], cfg.size)])
+    sd.vae.config["scaling_factor"] = float(1.0 / max(means.std(), 1e-6))
+    return losses
+
+
+def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np.random.Generator) -> List[float]:
+    """The text encoder and the UNet together, on the VAE's posterior samples (v-prediction, as SD 2.x)."""
+    moments = encode_moments(sd, images, cfg.size)
+    params = list(sd.unet.parameters()) + list(sd.text_encoder.parameters())
+
+    def loss_at(step: int) -> jt.Var:
+        picks = rng.integers(len(images), size=cfg.denoiser_batch)
+        texts = ["" if rng.random() < cfg.caption_drop else captions[i] for i in picks]
+        latents = sample_latents(sd, [moments[i] for i in picks], rng)
+        return denoising_loss(sd, latents, encode_prompt(sd, texts), rng)
+
+    return fit(params, loss_at, cfg.denoiser_steps, cfg.denoiser_lr, (0.9, 0.999), 1e-2, 1e-8, desc="toy denoiser")
+
+
+def save_sd(sd, folder, source: Path = TOY_CONFIGS) -> Path:
+    """``sd`` as a diffusers-layout folder: the configs of ``source`` (the VAE's with its scaling factor), the
+    CLIP tokenizer files and float32 ``.safetensors`` weights. ``folder`` must not exist."""
+    folder = Path(folder)
+    if folder.exists():
+        raise ModelLoadError(f"{folder} already exists; not replacing it (choose another path or delete it)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        for rel in CONFIG_FILES + ("model_index.json",):
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, tmp / rel)
+        write_clip_vocab(tmp / "tokenizer")
+        vae_config = dict(json.loads((source / "vae" / "config.json").read_text()),
+                          scaling_factor=sd.vae.config["scaling_factor"])
+        (tmp / "vae" / "config.json").write_text(json.dumps(vae_config, indent=2) + "\n", encoding="utf-8")
+        for name, (stem, _) in MODELS.items():
+            state = {k: v.numpy().astype(np.float32) for k, v in getattr(sd, name).state_dict().items()}
+            save_safetensors(tmp / name / f"{stem}.safetensors", state).chmod(0o644)
+        tmp.chmod(0o755)
+        tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def pretrain_toy(out, config=None, smoke: bool = False, echo=print) -> Path:
+    """Pretrain the toy model and write it to ``out`` (a new folder) with ``training_curves.json``."""
+    out = Path(out)
+    if out.exists():
+        raise ModelLoadError(f"{out} already exists; not replacing it (choose another path or delete it)")
+    cfg = PretrainConfig.load(config, smoke)
+    rng = np.random.default_rng(cfg.seed)
+    pairs = pretraining_pairs(cfg.pairs, cfg.seed, cfg.size)
+    images, captions = [image for image, _ in pairs], [caption for _, caption in pairs]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # the seeded initial weights
+        sd = load_sd(write_random_sd(Path(scratch) / "init", configs=TOY_CONFIGS, seed=cfg.seed, dtype="float32"))
+        curves: Dict[str, List[float]] = {"vae": train_vae(sd, images, cfg, rng)}
+        echo(f"VAE: loss {curves['vae'][0]:.4f} -> {curves['vae'][-1]:.4f}; latent scaling factor "
+             f"{sd.vae.config['scaling_factor']:.4f}")
+        curves["denoiser"] = train_denoiser(sd, images, captions, cfg, rng)
+        echo(f"text encoder + UNet: loss {curves['denoiser'][0]:.4f} -> {curves['denoiser'][-1]:.4f}")
+        save_sd(sd, out)
+    text = json.dumps({"config": asdict(cfg), **curves}) + "\n"
+    write_atomic(out / "training_curves.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return out

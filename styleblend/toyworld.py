@@ -1,0 +1,219 @@
+"""A procedural world of captioned pictures for the toy model: objects × colours × places × backgrounds, drawn in
+rendering styles, deterministic from a seed and needing no download.
+
+A scene is one object of one colour on a plain background ("red fish on a blue background"); a **rendering
+style** decides how it is painted (flat fill, outlines, stripes, dots, cross-hatching, pixels, ink wash). The
+styles of :data:`PRETRAIN_STYLES` make the pretraining data; those of :data:`HELD_OUT_STYLES` never appear there:
+they form the toy style set (:func:`write_style_set`, laid out like the challenge's B set), so learning one of them
+is a real few-shot task. Because every picture comes from a known scene, quality can be measured against it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from .config import format_prompt
+from .data import result_name
+from .errors import ConfigError
+from .io import save_image, write_atomic
+
+Colour = Tuple[int, int, int]
+COLOURS: Dict[str, Colour] = {
+    "red": (214, 39, 40), "orange": (255, 127, 14), "yellow": (240, 200, 30), "green": (44, 160, 44),
+    "blue": (31, 119, 180), "purple": (148, 103, 189), "pink": (240, 120, 180), "black": (30, 30, 30),
+    "white": (245, 245, 245), "grey": (140, 140, 140),
+}
+OBJECTS = ("circle", "square", "triangle", "star", "house", "tree", "fish", "cup", "sun", "boat")
+PRETRAIN_STYLES = ("flat", "outline", "pixel")
+HELD_OUT_STYLES = ("stripes", "dots", "hatch", "wash")
+STYLES = PRETRAIN_STYLES + HELD_OUT_STYLES
+PRETRAIN_TEXT = "A {caption}, {style}."  # the pretraining captions (the style set's prompts are the objects)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One object (name, colour) centred at (``x``, ``y``) with half-size ``r``, as fractions of the side."""
+    obj: str
+    colour: str
+    background: str
+    x: float
+    y: float
+    r: float
+
+    @property
+    def caption(self) -> str:
+        """``"red fish on a blue background"``: a noun phrase, as the challenge's captions ("apple")."""
+        return f"{self.colour} {self.obj} on a {self.background} background"
+
+
+def sample_scene(rng: np.random.Generator, obj: str = "", colour: str = "") -> Scene:
+    """A random scene (``obj`` / ``colour`` fixed when given); the background is another colour."""
+    obj = obj or OBJECTS[rng.integers(len(OBJECTS))]
+    colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    backgrounds = [c for c in COLOURS if c != colour]
+    background = backgrounds[rng.integers(len(backgrounds))]
+    r = float(rng.uniform(0.22, 0.34))
+    x, y = (float(rng.uniform(r + 0.04, 1 - r - 0.04)) for _ in range(2))
+    return Scene(obj, colour, background, x, y, r)
+
+
+def outline(scene: Scene, size: int) -> List[List[Tuple[float, float]]]:
+    """The object as polygons in pixels (the first is its main body)."""
+    cx, cy, r = scene.x * size, scene.y * size, scene.r * size
+
+    def at(points):
+        return [(cx + px * r, cy + py * r) for px, py in points]
+
+    def ring(n, start=0.0, radii=(1.0,)):
+        return [(np.cos(start + 2 * np.pi * k / n) * radii[k % len(radii)],
+                 np.sin(start + 2 * np.pi * k / n) * radii[k % len(radii)]) for k in range(n)]
+
+    shapes = {
+        "circle": [ring(40)],
+        "square": [[(-0.8, -0.8), (0.8, -0.8), (0.8, 0.8), (-0.8, 0.8)]],
+        "triangle": [[(0, -0.95), (0.95, 0.8), (-0.95, 0.8)]],
+        "star": [ring(10, -np.pi / 2, (1.0, 0.42))],
+        "house": [[(-0.75, -0.05), (0, -0.95), (0.75, -0.05), (0.75, 0.9), (-0.75, 0.9)]],
+        "tree": [[(0, -1.0), (0.75, 0.35), (-0.75, 0.35)], [(-0.18, 0.35), (0.18, 0.35), (0.18, 1.0), (-0.18, 1.0)]],
+        "fish": [[(-0.9, 0), (-0.45, -0.45), (0.2, -0.5), (0.6, -0.2), (0.6, 0.2), (0.2, 0.5), (-0.45, 0.45)],
+                 [(0.5, 0), (1.0, -0.5), (1.0, 0.5)]],
+        "cup": [[(-0.7, -0.7), (0.5, -0.7), (0.4, 0.8), (-0.6, 0.8)], [(0.45, -0.35), (0.9, -0.35), (0.9, 0.3),
+                                                                          (0.42, 0.3)]],
+        "sun": [ring(16, 0, (1.0, 0.7))],
+        "boat": [[(-1.0, 0.2), (1.0, 0.2), (0.6, 0.8), (-0.6, 0.8)], [(-0.05, -0.9), (0.6, 0.1), (-0.05, 0.1)]],
+    }
+    if scene.obj not in shapes:
+        raise ConfigError(f"unknown toy object {scene.obj!r} (one of {', '.join(OBJECTS)})")
+    return [at(points) for points in shapes[scene.obj]]
+
+
+def mask(scene: Scene, size: int) -> Image.Image:
+    """Where the object is: an ``L`` image, 255 inside."""
+    out = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(out)
+    for polygon in outline(scene, size):
+        draw.polygon(polygon, fill=255)
+    return out
+
+
+def _lighter(colour: Colour, amount: float = 0.55) -> Colour:
+    return tuple(int(c + (255 - c) * amount) for c in colour)
+
+
+def _pattern(size: int, draw_fn: Callable[[ImageDraw.ImageDraw], None], background: Colour) -> Image.Image:
+    image = Image.new("RGB", (size, size), background)
+    draw_fn(ImageDraw.Draw(image))
+    return image
+
+
+def _flat(scene, size, fg, bg, m):
+    return Image.composite(Image.new("RGB", (size, size), fg), Image.new("RGB", (size, size), bg), m)
+
+
+def _outline(scene, size, fg, bg, m):
+    image = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(image)
+    for polygon in outline(scene, size):
+        draw.line(polygon + polygon[:1], fill=fg, width=max(2, size // 24))
+    return image
+
+
+def _stripes(scene, size, fg, bg, m):
+    step = max(4, size // 10)
+
+    def lines(draw, colour):
+        for k in range(-size, 2 * size, step):
+            draw.line([(k, 0), (k + size, size)], fill=colour, width=max(1, step // 2))
+    inside = _pattern(size, lambda d: lines(d, fg), _lighter(fg))
+    outside = _pattern(size, lambda d: lines(d, _lighter(bg, 0.3)), bg)
+    return Image.composite(inside, outside, m)
+
+
+def _dots(scene, size, fg, bg, m):
+    step, rad = max(4, size // 12), max(1, size // 40)
+
+    def dots(draw, colour, offset):
+        for i in range(offset, size, step):
+            for j in range(offset, size, step):
+                draw.ellipse([i - rad, j - rad, i + rad, j + rad], fill=colour)
+    inside = _pattern(size, lambda d: dots(d, fg, step // 2), (250, 248, 240))
+    outside = _pattern(size, lambda d: dots(d, _lighter(bg, 0.2), 0), _lighter(bg, 0.7))
+    return Image.composite(inside, outside, m)
+
+
+def _hatch(scene, size, fg, bg, m):
+    step = max(3, size // 14)
+
+    def hatch(draw, colour):
+        for k in range(-size, 2 * size, step):
+            draw.line([(k, 0), (k + size, size)], fill=colour, width=1)
+            draw.line([(k, size), (k + size, 0)], fill=colour, width=1)
+    paper = (247, 242, 228)
+    inside = _pattern(size, lambda d: hatch(d, fg), paper)
+    outside = _pattern(size, lambda d: None, paper)
+    image = Image.composite(inside, outside, m)
+    ImageDraw.Draw(image).rectangle([0, 0, size - 1, size - 1], outline=_lighter(bg, 0.2), width=max(1, size // 32))
+    return image
+
+
+def _pixel(scene, size, fg, bg, m):
+    small = max(4, size // 8)
+    return _flat(scene, size, fg, bg, m).resize((small, small), Image.BILINEAR).resize((size, size), Image.NEAREST)
+
+
+def _wash(scene, size, fg, bg, m):
+    grey = lambda c: (int(0.3 * c[0] + 0.59 * c[1] + 0.11 * c[2]),) * 3  # noqa: E731
+    ink = _flat(scene, size, grey(fg), _lighter(grey(bg), 0.6), m)
+    return ink.filter(ImageFilter.GaussianBlur(size / 40))
+
+
+RENDERERS = {"flat": _flat, "outline": _outline, "stripes": _stripes, "dots": _dots, "hatch": _hatch,
+             "pixel": _pixel, "wash": _wash}
+
+
+def draw(scene: Scene, style: str, size: int = 64) -> Image.Image:
+    """The scene painted in a rendering style, ``size`` × ``size`` RGB."""
+    if style not in RENDERERS:
+        raise ConfigError(f"unknown toy style {style!r} (one of {', '.join(STYLES)})")
+    return RENDERERS[style](scene, size, COLOURS[scene.colour], COLOURS[scene.background], mask(scene, size))
+
+
+def pretraining_pairs(count: int, seed: int, size: int = 64) -> List[Tuple[Image.Image, str]]:
+    """``count`` (image, text) pairs in the pretraining styles; the text names the style too
+    ("A red fish on a blue background, flat.")."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(count):
+        scene, style = sample_scene(rng), PRETRAIN_STYLES[rng.integers(len(PRETRAIN_STYLES))]
+        pairs.append((draw(scene, style, size), format_prompt(PRETRAIN_TEXT, caption=scene.caption, style=style)))
+    return pairs
+
+
+def write_style_set(root, styles: Sequence[str] = HELD_OUT_STYLES, references: int = 3,
+                    prompts: Sequence[str] = OBJECTS, seed: int = 0, size: int = 64) -> List[Path]:
+    """The toy style set: ``<root>/<style>/images/<caption>.png`` (``references`` scenes of distinct objects) and
+    ``<root>/<style>/prompt.json`` (the objects as prompts, "Fish"), like the challenge's B set. Existing files
+    are kept; returns the files written."""
+    bad = [s for s in styles if s not in STYLES]
+    if bad:
+        raise ConfigError(f"unknown toy style(s) {', '.join(bad)} (one of {', '.join(STYLES)})")
+    rng = np.random.default_rng(seed)
+    written = []
+    for style in styles:
+        folder = Path(root) / style
+        for obj in rng.choice(OBJECTS, size=references, replace=False):
+            scene = sample_scene(rng, obj=str(obj))
+            path = folder / "images" / result_name(scene.caption.replace(" ", "_"))
+            if not path.exists():
+                written.append(save_image(draw(scene, style, size), path))
+        table = {str(i): p.capitalize() for i, p in enumerate(prompts)}
+        prompt_file = folder / "prompt.json"
+        if not prompt_file.exists():
+            text = json.dumps(table, indent=4) + "\n"
+            written.append(write_atomic(prompt_file, lambda tmp: tmp.write_text(text, encoding="utf-8")))
+    return written

@@ -1,0 +1,46 @@
+"""The toy model's pretraining command: it runs, writes a folder load_sd reads, and keeps what exists."""
+import json
+
+import numpy as np
+import pytest
+
+from styleblend.errors import ConfigError, ModelLoadError
+from styleblend.pretrain import PretrainConfig, pretrain_toy, vae_loss
+from styleblend.runners.cli import main
+from styleblend.sd.loading import load_sd
+
+
+def test_smoke_pretraining_writes_a_loadable_model_and_its_curves(tmp_path):
+    out = tmp_path / "toy"
+    assert main(["pretrain-toy", str(out), "--smoke"]) == 0
+    curves = json.loads((out / "training_curves.json").read_text())
+    cfg = PretrainConfig.load(smoke=True)
+    assert len(curves["vae"]) == cfg.vae_steps and len(curves["denoiser"]) == cfg.denoiser_steps
+    assert all(np.isfinite(curves["vae"] + curves["denoiser"]))
+    sd = load_sd(out)
+    assert sd.unet.config["block_out_channels"] == [32, 48, 64, 64] and len(sd.unet.transformer_blocks()) == 16
+    assert sd.vae.config["scaling_factor"] != 0.18215, "the toy VAE's own latent scale"
+    with pytest.raises(ModelLoadError, match="already exists"):
+        pretrain_toy(out, smoke=True)
+
+
+def test_vae_loss_is_reconstruction_plus_kl(tmp_path):
+    import jittor as jt
+    from styleblend.pretrain import TOY_CONFIGS
+    from styleblend.sd.loading import write_random_sd
+
+    sd = load_sd(write_random_sd(tmp_path / "m", configs=TOY_CONFIGS, seed=0, dtype="float32"))
+    images = jt.array(np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32))
+    eps = jt.zeros((2, 4, 4, 4))
+    plain = float(vae_loss(sd.vae, images, eps, 0.0).item())
+    posterior = sd.vae.encode(images)
+    expected = float(((sd.vae.decode(posterior.mean) - images) ** 2).mean().item())
+    assert plain == pytest.approx(expected, rel=1e-5)
+    assert float(vae_loss(sd.vae, images, eps, 1.0).item()) > plain
+
+
+def test_bad_pretraining_config_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("vae_stpes: 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*vae_stpes"):
+        PretrainConfig.load(bad)
