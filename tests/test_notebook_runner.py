@@ -15,7 +15,7 @@ import pytest
 from styleblend.checkpoints import StyleCheckpoint
 from styleblend.errors import ConfigError
 from styleblend.locks import LockedError, style_lock
-from styleblend.runners.notebooks import died_logs, run_notebooks
+from styleblend.runners.notebooks import still_running, died_logs, run_notebooks
 
 
 def _notebook(path, body):
@@ -175,28 +175,16 @@ def test_a_signal_ends_the_runner_its_notebook_and_kernel_and_records_stopped(tm
         assert runner.returncode == 128 + signum, err
         assert err.startswith(f"stopped by {signal.Signals(signum).name}: a 00_sleeps is recorded as stopped")
         assert err.count("\n") == 1 and "Traceback" not in err, err
-        assert not _running(tree), "no papermill or kernel outlives the runner"
+        assert not still_running(tree), "no papermill or kernel outlives the runner"
         with open(out / "reports" / "a.csv") as f:
             assert [(r["notebook"], r["status"]) for r in csv.DictReader(f)] == [("00_sleeps", "stopped")]
     finally:
-        for proc in _running(tree):
+        for proc in still_running(tree):
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
         if runner.poll() is None:
             runner.kill()
             runner.wait()
-
-
-def _running(procs):
-    """The processes of ``procs`` still running (a zombie has ended; only its reaping is left)."""
-    running = []
-    for proc in procs:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                running.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return running
 
 
 def test_a_style_another_run_holds_is_refused_naming_the_holder(tmp_path):

@@ -101,12 +101,12 @@ def _stop_tree(pid: int, grace: float = STOP_GRACE) -> None:
         deadline = time.monotonic() + grace
         while procs and time.monotonic() < deadline:
             time.sleep(0.05)
-            procs = _running(procs)
+            procs = still_running(procs)
         if not procs:
             return
 
 
-def _running(procs: Iterable[psutil.Process]) -> List[psutil.Process]:
+def still_running(procs: Iterable[psutil.Process]) -> List[psutil.Process]:
     """The processes still running; a zombie has ended (it only waits for its parent or init to reap it)."""
     running = []
     for proc in procs:
