@@ -42,8 +42,9 @@ def write_atomic(path, write_fn: Callable[[Path], None], overwrite: bool = False
 
 
 def remove_temp_files(folder) -> List[Path]:
-    """Delete the temporary files an interrupted :func:`write_atomic` left in ``folder`` (not below it); the
-    caller must hold the folder's lock (:mod:`styleblend.locks`), so no live writer owns them. Returns them."""
+    """Delete the temporary files an interrupted :func:`write_atomic` left in ``folder`` (not below it); for a
+    place no other writer is at work in (the style's lock, :mod:`styleblend.locks`, which ``reproduce``, the stage
+    commands and the notebook runner hold). Returns them."""
     folder = Path(folder)
     found = [p for p in folder.iterdir() if p.is_file() and TEMP_NAME.fullmatch(p.name)] if folder.is_dir() else []
     for path in found:

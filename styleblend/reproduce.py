@@ -16,7 +16,7 @@ from typing import List, Optional, Sequence
 
 from .checkpoints import STAGE_FILES
 from .config import Recipe, style_blend_params
-from .data import StyleData, load_style, result_path, select_styles
+from .data import StyleData, result_path, select_styles
 from .errors import StyleBlendError
 from .io import remove_temp_files
 from .locks import style_lock
@@ -128,12 +128,11 @@ def run_generate(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, see
                               seed=seed, force=force)
 
 
-def run_style(sd, style: str, recipe: Recipe, paths: SetPaths, seed: Optional[int] = None,
+def run_style(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, seed: Optional[int] = None,
               force: bool = False) -> StyleSummary:
     """All stages for one style, with its summary (the caller holds the style's lock)."""
-    start = time.perf_counter()
+    start, style = time.perf_counter(), style_data.style
     summary = StyleSummary(style)
-    style_data = load_style(paths.data_root, style, recipe.image_fit)
     for stage, run in (("coarse", run_coarse), ("fine", run_fine)):
         result = run(sd, style_data, recipe, paths, force)
         if result is None:
@@ -155,12 +154,13 @@ def reproduce(set_name: str, data_root, results_root, checkpoints_root, styles: 
     """Train and generate every selected style of a set; prints the inputs' notes, then a line per style."""
     chosen = select_styles(data_root, styles)  # a bad selection fails before the model loads
     run = open_set(data_root, set_name, model, config, results_root, checkpoints_root, smoke=smoke, echo=echo)
-    for note in validate_styles(run.paths.data_root, chosen, run.recipe, run.paths.set_name, run.sd.tokenizer):
+    inputs = validate_styles(run.paths.data_root, chosen, run.recipe, run.paths.set_name, run.sd.tokenizer)
+    for note in inputs.notes:
         echo(f"note: {note}")
     summaries = []
     for style in chosen:
         with style_lock(run.paths.checkpoint(style)):
-            summary = run_style(run.sd, style, run.recipe, run.paths, seed, force)
+            summary = run_style(run.sd, inputs.styles[style], run.recipe, run.paths, seed, force)
         echo(summary.line())
         summaries.append(summary)
     return summaries

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .config import Recipe, load_recipe
-from .data import StyleData, load_style
+from .data import StyleData
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL_BANNER = ("!! No MODEL given: running the embedded TINY model with RANDOM weights at smoke sizes.\n"
@@ -101,10 +101,10 @@ def open_notebook(style, set_name="", data_root="data/demo", model="", recipe_fi
 
     run = open_set(data_root, set_name, model, recipe_file, results_root, checkpoints_root, steps=steps, echo=echo)
     style = style_id(run.paths.data_root, style)  # papermill's "-p style 05" arrives as the number 5
-    notes = validate_styles(run.paths.data_root, [style], run.recipe, run.paths.set_name, run.sd.tokenizer)
-    style_data = load_style(run.paths.data_root, style, run.recipe.image_fit)
+    inputs = validate_styles(run.paths.data_root, [style], run.recipe, run.paths.set_name, run.sd.tokenizer)
+    style_data = inputs.styles[style]
     echo(f"style {style} of set {run.paths.set_name}: {len(style_data.images)} reference images, "
-         f"{len(style_data.prompts)} prompts" + "".join(f"\nnote: {note}" for note in notes))
+         f"{len(style_data.prompts)} prompts" + "".join(f"\nnote: {note}" for note in inputs.notes))
     output_root = resolve(output_root)
     return NotebookRun(run.recipe, run.paths, run.model, run.smoke, run.sd, style, style_data,
                        run.paths.checkpoint(style), output_root, output_root / "figures" / style)

@@ -3,27 +3,36 @@
 Training a style costs minutes to hours; a bad ``prompt.json`` of the last style, a prompt too long for a file
 name or a set without blend settings must not surface after the first styles trained. :func:`validate_styles`
 reads each style as the stages will (images decoded and converted, prompts, result file names, blend settings)
-and raises one error listing every problem, or returns notes on what it converted or chose.
+and raises one error listing every problem, or returns the styles it read and notes on what it converted or chose.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
 
 from .config import Recipe, format_prompt, style_blend_params
-from .data import MAX_NAME_BYTES, load_style, result_name
+from .data import MAX_NAME_BYTES, StyleData, load_style, result_name
 from .errors import DataError, StyleBlendError
 from .sd.sampling import MAX_TOKENS
 
 
-def validate_styles(data_root, styles: Sequence[str], recipe: Recipe, set_name: str, tokenizer=None) -> List[str]:
-    """Notes on each style's inputs (conversions, shortened file names, truncated prompts, default blend
-    settings); a :class:`DataError` listing every problem when any style cannot be run. ``tokenizer``: count
-    prompt tokens too (the text encoder reads at most 77)."""
+@dataclass
+class Inputs:
+    """The selected styles, read as the stages read them, and notes on what was converted or chosen."""
+    styles: Dict[str, StyleData]
+    notes: List[str]
+
+
+def validate_styles(data_root, styles: Sequence[str], recipe: Recipe, set_name: str, tokenizer=None) -> Inputs:
+    """Every style read (images converted, prompts checked) with notes on its inputs (conversions, shortened file
+    names, truncated prompts, default blend settings); a :class:`DataError` listing every problem when any style
+    cannot be run. ``tokenizer``: count prompt tokens too (the text encoder reads at most 77)."""
     problems: List[str] = []
     notes: List[str] = []
+    loaded: Dict[str, StyleData] = {}
     for style in styles:
         try:
-            data = load_style(data_root, style, recipe.image_fit)
+            data = loaded[style] = load_style(data_root, style, recipe.image_fit)
             _, warning = style_blend_params(recipe, set_name, style)
         except StyleBlendError as err:
             problems.append(str(err))
@@ -41,4 +50,4 @@ def validate_styles(data_root, styles: Sequence[str], recipe: Recipe, set_name: 
     if problems:
         raise DataError(f"{len(problems)} problem(s) in the inputs; nothing was trained:\n  - "
                         + "\n  - ".join(problems))
-    return notes
+    return Inputs(loaded, notes)

@@ -78,5 +78,7 @@ def test_validation_lists_conversions(tmp_path):
     data = copy_set(tmp_path)
     image = next((data / "dots" / "images").iterdir())
     Image.open(image).convert("P").save(image)
-    notes = validate_styles(data, ["dots"], load_recipe(smoke=True), "demo")
+    inputs = validate_styles(data, ["dots"], load_recipe(smoke=True), "demo")
+    assert list(inputs.styles) == ["dots"] and inputs.styles["dots"].images[0].image.mode == "RGB"
+    notes = inputs.notes
     assert any(f"{image.name}: converted P to 8-bit RGB" in note for note in notes)

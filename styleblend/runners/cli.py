@@ -125,7 +125,7 @@ def _data_root(args) -> Path:
 
 def _run_stage(args) -> None:
     from .. import reproduce as rp
-    from ..data import load_style, select_styles
+    from ..data import select_styles
     from ..locks import style_lock
     from ..run_context import open_set
     from ..validate import validate_styles
@@ -138,11 +138,12 @@ def _run_stage(args) -> None:
     styles = select_styles(_data_root(args), _styles(args.styles))
     run = open_set(_data_root(args), args.set_name, args.model, args.config, results, checkpoints, smoke=args.smoke)
     sd, recipe, paths = run.sd, run.recipe, run.paths
-    for note in validate_styles(paths.data_root, styles, recipe, paths.set_name, sd.tokenizer):
+    inputs = validate_styles(paths.data_root, styles, recipe, paths.set_name, sd.tokenizer)
+    for note in inputs.notes:
         print(f"note: {note}")
     for style in styles:
         with style_lock(paths.checkpoint(style)):
-            _run_one_stage(args, sd, recipe, paths, load_style(paths.data_root, style, recipe.image_fit))
+            _run_one_stage(args, sd, recipe, paths, inputs.styles[style])
 
 
 def _run_one_stage(args, sd, recipe, paths, style_data) -> None:
