@@ -23,7 +23,7 @@ import functools
 import hashlib
 import json
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Optional
 
@@ -93,9 +93,9 @@ def data_digest(style_data, with_prompts: bool = False) -> str:
 
 def stage_key(stage: str, sd, recipe, style_data, extra: Optional[dict] = None) -> dict:
     """What ``stage``'s outputs depend on (see the module docstring); ``extra`` adds generate's own inputs."""
-    sections = {name: getattr(recipe, name) for name in STAGE_SECTIONS[stage]}
+    plain = recipe.to_dict()
     recipe_part = {"seed": recipe.seed, "precision": recipe.precision, "image_fit": recipe.image_fit,
-                   **{name: _plain(section) for name, section in sections.items()}}
+                   **{name: plain[name] for name in STAGE_SECTIONS[stage]}}
     key = {"model": model_identity(sd), "recipe": digest(recipe_part),
            "data": data_digest(style_data, with_prompts=stage == "generate")}
     if extra:
@@ -222,7 +222,3 @@ def _update(manifest: Manifest, stage: str, entry: dict) -> None:
     manifest.stages = Manifest.load(manifest.path, manifest.set_name, manifest.style).stages
     manifest.stages[stage] = entry
     manifest.save()
-
-
-def _plain(section) -> dict:
-    return asdict(section) if is_dataclass(section) else section
