@@ -9,6 +9,7 @@ device's floating-point noise. :func:`pretrain_toy` writes a diffusers-layout fo
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
@@ -43,6 +44,7 @@ class PretrainConfig:
     denoiser_steps: int
     denoiser_batch: int
     denoiser_lr: float
+    warmup_steps: int   # the denoiser's learning rate rises linearly over these steps, then decays (cosine) to 0
     caption_drop: float  # fraction of captions replaced by "" (classifier-free guidance needs the empty prompt)
 
     @classmethod
@@ -97,12 +99,21 @@ def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np
         latents = sample_latents(sd, [moments[i] for i in picks], rng)
         return denoising_loss(sd, latents, encode_prompt(sd, texts), rng)
 
-    return fit(params, loss_at, cfg.denoiser_steps, cfg.denoiser_lr, (0.9, 0.999), 1e-2, 1e-8, desc="toy denoiser")
+    return fit(params, loss_at, cfg.denoiser_steps, cfg.denoiser_lr, (0.9, 0.999), 1e-2, 1e-8, desc="toy denoiser",
+               lr_factor=lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.denoiser_steps))
 
 
-def save_sd(sd, folder, source: Path = TOY_CONFIGS) -> Path:
+def warmup_cosine(step: int, warmup: int, steps: int) -> float:
+    """The learning-rate factor of step ``step``: linear warm-up over ``warmup`` steps, then a cosine to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def save_sd(sd, folder, source: Path = TOY_CONFIGS, dtype: str = "float16") -> Path:
     """``sd`` as a diffusers-layout folder: the configs of ``source`` (the VAE's with its scaling factor), the
-    CLIP tokenizer files and float32 ``.safetensors`` weights. ``folder`` must not exist."""
+    CLIP tokenizer files and ``dtype`` ``.safetensors`` weights (float16 halves the committed toy model; it loads
+    in any precision). ``folder`` must not exist."""
     folder = Path(folder)
     if folder.exists():
         raise ModelLoadError(f"{folder} already exists; not replacing it (choose another path or delete it)")
@@ -116,7 +127,7 @@ def save_sd(sd, folder, source: Path = TOY_CONFIGS) -> Path:
                           scaling_factor=sd.vae.config["scaling_factor"])
         (tmp / "vae" / "config.json").write_text(json.dumps(vae_config, indent=2) + "\n", encoding="utf-8")
         for name, (stem, _) in MODELS.items():
-            state = {k: v.numpy().astype(np.float32) for k, v in getattr(sd, name).state_dict().items()}
+            state = {k: v.numpy().astype(dtype) for k, v in getattr(sd, name).state_dict().items()}
             save_safetensors(tmp / name / f"{stem}.safetensors", state).chmod(0o644)
         tmp.chmod(0o755)
         tmp.rename(folder)

@@ -32,7 +32,9 @@ OBJECTS = ("circle", "square", "triangle", "star", "house", "tree", "fish", "cup
 PRETRAIN_STYLES = ("flat", "outline", "pixel")
 HELD_OUT_STYLES = ("stripes", "dots", "hatch", "wash")
 STYLES = PRETRAIN_STYLES + HELD_OUT_STYLES
-PRETRAIN_TEXT = "A {caption}, {style}."  # the pretraining captions (the style set's prompts are the objects)
+# The pretraining texts: the style named as a word or in the method's own phrasing, so that "in the style of <F>"
+# reads like the captions the model learned from; a few name no style. Each with its probability.
+PRETRAIN_TEXTS = {"A {caption}, {style}.": 0.45, "A {caption} in the style of {style}.": 0.45, "A {caption}.": 0.1}
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,14 @@ class Scene:
     r: float
 
     @property
+    def subject(self) -> str:
+        """``"red fish"``: what the style set's prompts name."""
+        return f"{self.colour} {self.obj}"
+
+    @property
     def caption(self) -> str:
         """``"red fish on a blue background"``: a noun phrase, as the challenge's captions ("apple")."""
-        return f"{self.colour} {self.obj} on a {self.background} background"
+        return f"{self.subject} on a {self.background} background"
 
 
 def sample_scene(rng: np.random.Generator, obj: str = "", colour: str = "") -> Scene:
@@ -184,21 +191,30 @@ def draw(scene: Scene, style: str, size: int = 64) -> Image.Image:
 
 
 def pretraining_pairs(count: int, seed: int, size: int = 64) -> List[Tuple[Image.Image, str]]:
-    """``count`` (image, text) pairs in the pretraining styles; the text names the style too
-    ("A red fish on a blue background, flat.")."""
+    """``count`` (image, text) pairs in the pretraining styles: "A red fish on a blue background, flat.",
+    "A red fish in the style of pixel.", "A red fish on a blue background." (the background is named 3 times in 4)."""
     rng = np.random.default_rng(seed)
+    templates, weights = list(PRETRAIN_TEXTS), list(PRETRAIN_TEXTS.values())
     pairs = []
     for _ in range(count):
         scene, style = sample_scene(rng), PRETRAIN_STYLES[rng.integers(len(PRETRAIN_STYLES))]
-        pairs.append((draw(scene, style, size), format_prompt(PRETRAIN_TEXT, caption=scene.caption, style=style)))
+        template = templates[rng.choice(len(templates), p=weights)]
+        caption = scene.caption if rng.random() < 0.75 else scene.subject
+        pairs.append((draw(scene, style, size), format_prompt(template, caption=caption, style=style)))
     return pairs
 
 
+def style_set_prompts(seed: int = 0) -> List[str]:
+    """The style set's prompts: every object once, each in a colour of its own ("Red fish")."""
+    colours = np.random.default_rng(seed).permutation(list(COLOURS))
+    return [f"{colour} {obj}".capitalize() for obj, colour in zip(OBJECTS, colours)]
+
+
 def write_style_set(root, styles: Sequence[str] = HELD_OUT_STYLES, references: int = 3,
-                    prompts: Sequence[str] = OBJECTS, seed: int = 0, size: int = 64) -> List[Path]:
+                    prompts: Sequence[str] = (), seed: int = 0, size: int = 64) -> List[Path]:
     """The toy style set: ``<root>/<style>/images/<caption>.png`` (``references`` scenes of distinct objects) and
-    ``<root>/<style>/prompt.json`` (the objects as prompts, "Fish"), like the challenge's B set. Existing files
-    are kept; returns the files written."""
+    ``<root>/<style>/prompt.json`` (``prompts``, by default :func:`style_set_prompts`: "Red fish"), like the
+    challenge's B set. Existing files are kept; returns the files written."""
     bad = [s for s in styles if s not in STYLES]
     if bad:
         raise ConfigError(f"unknown toy style(s) {', '.join(bad)} (one of {', '.join(STYLES)})")
@@ -211,7 +227,7 @@ def write_style_set(root, styles: Sequence[str] = HELD_OUT_STYLES, references: i
             path = folder / "images" / result_name(scene.caption.replace(" ", "_"))
             if not path.exists():
                 written.append(save_image(draw(scene, style, size), path))
-        table = {str(i): p.capitalize() for i, p in enumerate(prompts)}
+        table = {str(i): p for i, p in enumerate(prompts or style_set_prompts(seed))}
         prompt_file = folder / "prompt.json"
         if not prompt_file.exists():
             text = json.dumps(table, indent=4) + "\n"

@@ -1,5 +1,6 @@
 """The toy world: deterministic captioned pictures, held-out styles, a style set laid out like B."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -18,15 +19,17 @@ def test_same_seed_same_pictures_and_captions():
 
 
 def test_pretraining_texts_read_as_prompts():
-    texts = [text for _, text in pretraining_pairs(40, seed=1)]
+    texts = [text for _, text in pretraining_pairs(200, seed=1)]
     assert all(t.startswith(("A ", "An ")) and t.endswith(".") for t in texts)
     assert any(t.startswith("An orange ") for t in texts) and not any(t.startswith("A orange") for t in texts)
+    assert any(" in the style of " in t for t in texts), "the method's phrasing is learned in pretraining"
+    assert any(" background" not in t for t in texts) and any(t.endswith("background.") for t in texts)
 
 
 def test_held_out_styles_never_appear_in_pretraining():
     assert not set(HELD_OUT_STYLES) & set(PRETRAIN_STYLES) and set(STYLES) == set(HELD_OUT_STYLES + PRETRAIN_STYLES)
-    styles = {caption.rsplit(", ", 1)[1].rstrip(".") for _, caption in pretraining_pairs(60, seed=0)}
-    assert styles == set(PRETRAIN_STYLES)
+    named = [re.search(r"(?:, | in the style of )(\w+)\.$", text) for _, text in pretraining_pairs(200, seed=0)]
+    assert {m.group(1) for m in named if m} == set(PRETRAIN_STYLES)
 
 
 @pytest.mark.parametrize("obj", OBJECTS)
@@ -55,7 +58,9 @@ def test_style_set_is_laid_out_like_B_and_never_overwrites(tmp_path):
     style = load_style(tmp_path, "dots")
     assert len(style.images) == 3 and len({i.caption.split()[1] for i in style.images}) == 3
     assert all(i.caption.endswith("background") for i in style.images)
-    assert list(style.prompts.values()) == [o.capitalize() for o in OBJECTS]
+    prompts = [p.lower().split() for p in style.prompts.values()]
+    assert [obj for _, obj in prompts] == list(OBJECTS) and all(colour in COLOURS for colour, _ in prompts)
+    assert len({colour for colour, _ in prompts}) == len(COLOURS), "every colour once"
     (tmp_path / "dots" / "prompt.json").write_text(json.dumps({"0": "Mine"}))
     assert write_style_set(tmp_path, styles=("dots", "hatch"), references=3, seed=1) == []
     assert load_style(tmp_path, "dots").prompts == {"0": "Mine"} and len(written) == 8
