@@ -178,7 +178,7 @@ def _evaluate(args) -> None:
 
 def _notebooks(args) -> None:
     from .gpus import parse_gpus
-    from .notebooks import run_notebooks, unfinished
+    from .notebooks import report_header, run_notebooks, unfinished
     from ..data import select_styles
 
     gpus = parse_gpus(args.gpus)
@@ -186,10 +186,21 @@ def _notebooks(args) -> None:
     rows = run_notebooks(args.set_name, _data_root(args), styles, args.results, args.checkpoints, args.outputs,
                          model=args.model, recipe=args.config, gpus=gpus, merge=not args.no_merge,
                          kernel_retries=args.kernel_retries)
+    if not args.no_merge:
+        _gallery(args, styles, report_header(args.model, Path(args.results).resolve(), args.set_name, styles), rows)
     failed = unfinished(rows, styles)
     if failed:
         report = Path(args.outputs) / ("reports" if args.no_merge else "report.md")
         raise StyleBlendError(f"style(s) {', '.join(failed)} did not finish: see {report}")
+
+
+def _gallery(args, styles, header: str, rows) -> None:
+    """Beside the merged report, the page to look at its images: written even when a style failed, as it shows
+    what is missing."""
+    from ..gallery import write_gallery
+
+    path = write_gallery(args.outputs, args.set_name, _data_root(args), args.results, styles, header, rows)
+    print(f"gallery: {path}")
 
 
 def _merge_reports(args) -> None:
@@ -197,7 +208,9 @@ def _merge_reports(args) -> None:
     from ..data import select_styles
 
     styles = select_styles(_data_root(args), _styles(args.styles))
-    rows = merge_reports(args.outputs, report_header(args.model, Path(args.results).resolve(), args.set_name, styles))
+    header = report_header(args.model, Path(args.results).resolve(), args.set_name, styles)
+    rows = merge_reports(args.outputs, header)
+    _gallery(args, styles, header, rows)
     report = Path(args.outputs) / "report.md"
     failed = unfinished(rows, styles)
     if failed:
