@@ -52,10 +52,13 @@ from .data import list_styles, load_prompts, load_style, read_images, result_nam
 from .errors import DataError, ModelLoadError
 from .io import write_atomic
 from .progress import progress
+from .toyscore import TOY_TERMS
+from .toyworld import is_toy_set
 
 TERMS = ("dino", "hist", "lpips", "clip_r", "fid", "clip_iqa")
 AGGREGATES = ("style_score", "text_score", "quality_score", "final")
-COLUMNS = ("style",) + TERMS + AGGREGATES
+CHALLENGE_COLUMNS = ("style",) + TERMS + AGGREGATES
+COLUMNS = CHALLENGE_COLUMNS + TOY_TERMS
 NEEDS = {"style_score": ("dino", "hist", "lpips"), "text_score": ("clip_r",), "quality_score": ("fid", "clip_iqa")}
 DINO_ID, CLIP_ID = "facebook/dinov2-base", "openai/clip-vit-large-patch14"
 RGB_BINS, HUE_BINS, CLIP_R_TOP, FID_CAP = 16, 72, 5, 20.0
@@ -93,6 +96,10 @@ class StyleScore:
     text_score: Optional[float] = None
     quality_score: Optional[float] = None
     final: Optional[float] = None
+    object: Optional[float] = None        # the toy terms (styleblend.toyscore): toy-world sets only
+    colour: Optional[float] = None
+    judged_style: Optional[float] = None
+    texture: Optional[float] = None
     reasons: Dict[str, str] = field(default_factory=dict)
     incomplete: List[str] = field(default_factory=list)
 
@@ -391,11 +398,12 @@ def _refuse_incomplete(problems: Dict[Path, List[str]]) -> None:
 
 
 def evaluate_style(results_dir, style_data_dir, models: EvalModels = EvalModels(), allow_partial: bool = False,
-                   size: int = IMAGE_SIZE) -> StyleScore:
+                   size: int = IMAGE_SIZE, toy_judge=None) -> StyleScore:
     """Score one style's generated images (``results_dir``) against its style folder (``style_data_dir``).
 
     The results must be one ``size``² image per prompt; ``allow_partial`` scores what is there instead and lists
-    what is not in the score's ``incomplete``.
+    what is not in the score's ``incomplete``. ``toy_judge`` (:func:`styleblend.toyjudge.load_judge`, for a
+    toy-world set) adds the toy terms.
     """
     style_data_dir = Path(style_data_dir)
     data = load_style(style_data_dir.parent, style_data_dir.name)
@@ -408,7 +416,15 @@ def evaluate_style(results_dir, style_data_dir, models: EvalModels = EvalModels(
     references = [ref.image for ref in data.images]
     terms = _model_terms(models, generated, references, prompts, [prompts.index(p) for p, _ in files], data.style)
     terms["hist"] = Term(hist_similarity(generated, references))
-    score = StyleScore(data.style, **{k: terms[k].value for k in TERMS})
+    if toy_judge is None:
+        terms.update({k: Term.missing("not a toy-world set") for k in TOY_TERMS})
+    else:
+        from .toyscore import toy_terms
+
+        found = toy_terms(toy_judge, generated, [p for p, _ in files], references, data.style)
+        terms.update({k: Term(v) if v is not None else Term.missing(f"{data.style} is not a toy-world style")
+                      for k, v in found.items()})
+    score = StyleScore(data.style, **{k: terms[k].value for k in TERMS + TOY_TERMS})
     for name, value in zip(AGGREGATES, combine(*(terms[k].value for k in TERMS))):
         setattr(score, name, value)
     score.reasons = {k: t.reason for k, t in terms.items() if t.value is None}
@@ -428,7 +444,7 @@ def _explain_aggregates(score: StyleScore) -> None:
 def mean_score(scores: Sequence[StyleScore], name: str = "mean") -> StyleScore:
     """Every column's mean over the styles (``None`` when any style lacks it); the set's score is ``final``."""
     mean = StyleScore(name)
-    for column in TERMS + AGGREGATES:
+    for column in TERMS + AGGREGATES + TOY_TERMS:
         values = [getattr(s, column) for s in scores]
         if values and None not in values:
             setattr(mean, column, float(np.mean(values)))
@@ -466,7 +482,12 @@ def evaluate_set(set_name: str, results_root, data_root, styles: Optional[Sequen
     if not allow_partial:
         _refuse_incomplete(problems)
     _load_all(models)
-    scores = [evaluate_style(set_dir / s, Path(data_root) / s, models, allow_partial, size)
+    judge_net = None
+    if is_toy_set(data_root):
+        from .toyjudge import load_judge
+
+        judge_net = load_judge()
+    scores = [evaluate_style(set_dir / s, Path(data_root) / s, models, allow_partial, size, judge_net)
               for s in progress(styles, f"evaluate {set_name}")]
     scores.append(mean_score(scores))
     if out_csv is not None:
@@ -479,25 +500,33 @@ def _cell(value) -> str:
     return "" if value is None else value if isinstance(value, str) else repr(float(value))
 
 
+def _columns(scores: Sequence[StyleScore]) -> Tuple[str, ...]:
+    """The challenge's columns, then the toy terms that some row has."""
+    return CHALLENGE_COLUMNS + tuple(c for c in TOY_TERMS if any(getattr(s, c) is not None for s in scores))
+
+
 def write_csv(scores: Sequence[StyleScore], path) -> Path:
-    """The rows as CSV, columns :data:`COLUMNS`, empty cells where a value was not computed."""
+    """The rows as CSV (:func:`_columns`), empty cells where a value was not computed."""
+    columns = _columns(scores)
     buffer = _stdio.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows([_cell(getattr(s, c)) for c in COLUMNS] for s in scores)
+    writer.writerow(columns)
+    writer.writerows([_cell(getattr(s, c)) for c in columns] for s in scores)
     return write_atomic(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"), overwrite=True)
 
 
 def read_csv(path) -> List[StyleScore]:
-    """Rows written by :func:`write_csv` (reasons are not stored: an empty cell reads as not computed)."""
+    """Rows written by :func:`write_csv`, or with the challenge's columns only (reasons are not stored: an empty
+    cell reads as not computed)."""
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    if not rows or tuple(rows[0]) != COLUMNS:
-        raise DataError(f"{path}: not a score CSV (header must be {','.join(COLUMNS)})")
+    header = tuple(rows[0]) if rows else ()
+    if header[:len(CHALLENGE_COLUMNS)] != CHALLENGE_COLUMNS or not set(header) <= set(COLUMNS):
+        raise DataError(f"{path}: not a score CSV (header must be {','.join(CHALLENGE_COLUMNS)}, then toy terms)")
     scores = []
     for row in rows[1:]:
-        values = {c: (float(v) if v else None) for c, v in zip(COLUMNS[1:], row[1:])}
+        values = {c: (float(v) if v else None) for c, v in zip(rows[0][1:], row[1:])}
         reasons = {c: NOT_COMPUTED + f"empty in {path.name}" for c, v in values.items() if v is None}
         scores.append(StyleScore(row[0], reasons=reasons, **values))
     return scores
@@ -505,14 +534,18 @@ def read_csv(path) -> List[StyleScore]:
 
 def markdown_table(scores: Sequence[StyleScore]) -> str:
     """A Markdown table of the rows ("—" = not computed; "(incomplete)" after a style scored on a partial result
-    set), then what each incomplete style lacks and the distinct reasons for missing terms."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    set), then what each incomplete style lacks and the distinct reasons for missing terms. The toy terms appear
+    when some row has them."""
+    columns = _columns(scores)
+    toy = columns[len(CHALLENGE_COLUMNS):]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for s in scores:
         cells = [s.style + (" (incomplete)" if s.incomplete else "")]
-        cells += ["—" if getattr(s, c) is None else f"{getattr(s, c):.4f}" for c in COLUMNS[1:]]
+        cells += ["—" if getattr(s, c) is None else f"{getattr(s, c):.4f}" for c in columns[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [f"{s.style} incomplete: {problem}" for s in scores if s.style != "mean" for problem in s.incomplete]
-    notes += sorted({f"{c}: {s.reasons[c]}" for s in scores if s.style != "mean" for c in TERMS if c in s.reasons})
+    notes += sorted({f"{c}: {s.reasons[c]}" for s in scores if s.style != "mean" for c in TERMS + toy
+                     if c in s.reasons})
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
 
 

@@ -32,6 +32,7 @@ OBJECTS = ("circle", "square", "triangle", "star", "house", "tree", "fish", "cup
 PRETRAIN_STYLES = ("flat", "outline", "pixel")
 HELD_OUT_STYLES = ("stripes", "dots", "hatch", "wash")
 STYLES = PRETRAIN_STYLES + HELD_OUT_STYLES
+MARKER = "toyworld.json"  # in a style set's root: its styles are the toy world's (evaluate adds the toy terms)
 # The pretraining texts: the style named as a word or in the method's own phrasing, so that "in the style of <F>"
 # reads like the captions the model learned from; a few name no style. Each with its probability.
 PRETRAIN_TEXTS = {"A {caption}, {style}.": 0.45, "A {caption} in the style of {style}.": 0.45, "A {caption}.": 0.1}
@@ -214,12 +215,16 @@ def write_style_set(root, styles: Sequence[str] = HELD_OUT_STYLES, references: i
                     prompts: Sequence[str] = (), seed: int = 0, size: int = 64) -> List[Path]:
     """The toy style set: ``<root>/<style>/images/<caption>.png`` (``references`` scenes of distinct objects) and
     ``<root>/<style>/prompt.json`` (``prompts``, by default :func:`style_set_prompts`: "Red fish"), like the
-    challenge's B set. Existing files are kept; returns the files written."""
+    challenge's B set, and :data:`MARKER` in ``root``. Existing files are kept; returns the files written."""
     bad = [s for s in styles if s not in STYLES]
     if bad:
         raise ConfigError(f"unknown toy style(s) {', '.join(bad)} (one of {', '.join(STYLES)})")
     rng = np.random.default_rng(seed)
     written = []
+    marker = Path(root) / MARKER
+    if not marker.exists():
+        text = json.dumps({"world": "styleblend.toyworld", "seed": seed, "size": size}) + "\n"
+        written.append(write_atomic(marker, lambda tmp: tmp.write_text(text, encoding="utf-8")))
     for style in styles:
         folder = Path(root) / style
         for obj in rng.choice(OBJECTS, size=references, replace=False):
@@ -233,3 +238,16 @@ def write_style_set(root, styles: Sequence[str] = HELD_OUT_STYLES, references: i
             text = json.dumps(table, indent=4) + "\n"
             written.append(write_atomic(prompt_file, lambda tmp: tmp.write_text(text, encoding="utf-8")))
     return written
+
+
+def is_toy_set(data_root) -> bool:
+    """True for a style set written by :func:`write_style_set` (it holds :data:`MARKER`)."""
+    return (Path(data_root) / MARKER).is_file()
+
+
+def parse_prompt(prompt: str) -> Tuple[str, str]:
+    """``"Red fish"`` -> ``("red", "fish")``: what a toy prompt asks for."""
+    words = prompt.lower().split()
+    if len(words) != 2 or words[0] not in COLOURS or words[1] not in OBJECTS:
+        raise ConfigError(f"{prompt!r} is not a toy prompt (a colour and an object, e.g. 'Red fish')")
+    return words[0], words[1]

@@ -63,4 +63,4 @@ def test_style_set_is_laid_out_like_B_and_never_overwrites(tmp_path):
     assert len({colour for colour, _ in prompts}) == len(COLOURS), "every colour once"
     (tmp_path / "dots" / "prompt.json").write_text(json.dumps({"0": "Mine"}))
     assert write_style_set(tmp_path, styles=("dots", "hatch"), references=3, seed=1) == []
-    assert load_style(tmp_path, "dots").prompts == {"0": "Mine"} and len(written) == 8
+    assert load_style(tmp_path, "dots").prompts == {"0": "Mine"} and len(written) == 9
