@@ -182,12 +182,13 @@ def _resize(image: Image.Image, size: int) -> Image.Image:
 
 
 def generate_style(sd, style_data: StyleData, ckpt: StyleCheckpoint, params: BlendParams, cfg: BlendConfig,
-                   results_root, set_name: str, seed: Optional[int] = None, force: bool = False) -> List[Path]:
+                   results_root, set_name: str, seed: Optional[int] = None, force: bool = False,
+                   mode: str = "full") -> List[Path]:
     """Generate every prompt of ``style_data`` into ``<results>/<set>/<style>/<Prompt>.png`` (``output_size``).
 
     Each prompt uses ``params.seed_for(prompt)`` unless ``seed`` is given. Existing images are kept (resume)
-    unless ``force``; the style's checkpoint is loaded only when something is left to generate. Returns the
-    paths of all the style's images.
+    unless ``force``; the style's checkpoint is loaded only when something is left to generate. ``mode`` is an
+    ablation's (:data:`MODES`; its image is :attr:`BlendOutput.image`). Returns the paths of all the style's images.
     """
     jobs = [(prompt, result_path(results_root, set_name, style_data.style, prompt))
             for prompt in style_data.prompts.values()]
@@ -198,7 +199,7 @@ def generate_style(sd, style_data: StyleData, ckpt: StyleCheckpoint, params: Ble
         tokens = {kind: ckpt.load_embedding(kind)[0] for kind in ("coarse_embeds", "fine_embeds")}
         for prompt, path in progress(todo, desc=f"style {style_data.style}"):
             out = blend_sample(sd, coarse_text_encoder, prompt, params, cfg,
-                               params.seed_for(prompt) if seed is None else seed,
+                               params.seed_for(prompt) if seed is None else seed, mode=mode,
                                fine_token=tokens["fine_embeds"], coarse_token=tokens["coarse_embeds"])
-            save_image(out.fsb, path, overwrite=force)
+            save_image(out.image, path, overwrite=force)
     return [path for _, path in jobs]

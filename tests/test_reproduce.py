@@ -68,3 +68,22 @@ def test_chain_in_float16_follows_float32(run, tmp_path):
         full, half = (np.asarray(Image.open(p), np.float32) for p in (image, tmp_path / image.relative_to(root)))
         differences.append(np.abs(full - half).mean())
     assert 0 < min(differences) and max(differences) < 3.0, differences  # measured: 1.4-1.6 / 255
+
+
+def test_ablation_generates_and_scores_every_variant(run, tmp_path, capsys):
+    """One folder of images per variant, each scored; the variants' images differ (same seeds, other sampling)."""
+    import numpy as np
+    from PIL import Image
+
+    root, _, _ = run
+    out = tmp_path / "ablation"
+    assert main(["ablation", "--set", "demo", "--data", str(DEMO), "--styles", "dots", "--results",
+                 str(root / "result"), "--checkpoints", str(root / "checkpoints"), "--out", str(out)]) == 0
+    table = (out / "ablation.md").read_text()
+    for name in ("CSB only", "FSB only", "Q injection only", "KV injection only", "StyleBlend (full)"):
+        assert f"| {name} | " in table
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(folders) == 5 and all(len(list((out / f / "dots").glob("*.png"))) == 3 for f in folders)
+    first = {f: np.asarray(Image.open(sorted((out / f / "dots").glob("*.png"))[0]), np.int16) for f in folders}
+    assert np.abs(first["CSB_only"] - first["FSB_only"]).mean() > 0.5
+    assert "hist" in table and "table: " in capsys.readouterr().out

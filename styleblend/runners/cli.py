@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fid", default=None, help="local Inception file for FID (inception-2015-12-05.pt)")
     ev.add_argument("--allow-partial", action="store_true", help="score styles with missing or wrong-size images "
                     "too (the table flags them); default: an error")
+    ab = sub.add_parser("ablation", help="generate and score each ablation (CSB only, FSB only, Q only, KV only, "
+                        "full) for trained styles; a table")
+    _paths(ab)
+    ab.add_argument("--out", default="outputs/ablation", help="images per variant and ablation.md (default "
+                    "outputs/ablation)")
+    ab.add_argument("--parameters", action="store_true", help="also the full blend with other blend settings")
+    ab.add_argument("--seed", type=_count, default=None, help="one seed for every prompt (default: per-prompt)")
     nb = sub.add_parser("notebooks", help="run the numbered notebooks with papermill (make reproduce)")
     _paths(nb)
     nb.add_argument("--outputs", default="outputs", help="executed notebooks and the run report")
@@ -176,6 +183,22 @@ def _evaluate(args) -> None:
     print(markdown_table(scores))
 
 
+def _ablation(args) -> None:
+    from ..ablation import MODE_VARIANTS, PARAMETER_VARIANTS, ablation_table, run_ablation
+    from ..data import select_styles
+    from ..io import write_atomic
+    from ..run_context import open_set
+
+    styles = select_styles(_data_root(args), _styles(args.styles))
+    run = open_set(_data_root(args), args.set_name, args.model, args.config, args.results, args.checkpoints)
+    variants = MODE_VARIANTS + (PARAMETER_VARIANTS if args.parameters else ())
+    out = Path(args.out).resolve()
+    table = ablation_table(run_ablation(run, styles, out, variants, args.seed))
+    text = f"Set {run.paths.set_name}, styles {', '.join(styles)}; mean over styles.\n\n{table}\n"
+    write_atomic(out / "ablation.md", lambda tmp: tmp.write_text(text, encoding="utf-8"), overwrite=True)
+    print(text + f"table: {out / 'ablation.md'}")
+
+
 def _notebooks(args) -> None:
     from .gpus import parse_gpus
     from .notebooks import report_header, run_notebooks, unfinished
@@ -246,6 +269,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             _evaluate(args)
         elif args.command == "notebooks":
             _notebooks(args)
+        elif args.command == "ablation":
+            _ablation(args)
         elif args.command == "styles":
             from ..data import select_styles
             print(" ".join(select_styles(_data_root(args), _styles(args.styles))))
