@@ -4,8 +4,9 @@ The values live in ``styleblend/configs/recipe.yaml`` (the original implementati
 below only give names and types. :func:`load_recipe` layers, each over the last and each checked key by key:
 
 1. ``configs/recipe.yaml`` — the full recipe;
-2. ``configs/smoke.yaml`` — tiny sizes and step counts for CI and quick checks (``smoke=True``);
-3. the user's YAML file — any part of the recipe, same nesting.
+2. ``configs/<model>/recipe.yaml`` — an embedded model's own sizes (the toy model's 64² pictures);
+3. ``configs/smoke.yaml`` — tiny sizes and step counts for CI and quick checks (``smoke=True``);
+4. the user's YAML file — any part of the recipe, same nesting.
 
 Per-style StyleBlend settings (:class:`BlendParams`) live in ``configs/blend/<set>.json``, or in the user's file
 that a recipe names as ``blend.params_file``: an optional ``"defaults"`` entry and one entry per style id, each
@@ -206,9 +207,12 @@ def format_prompt(template: str, **values: str) -> str:
     return text
 
 
-def load_recipe(path=None, smoke: bool = False) -> Recipe:
-    """The recipe from ``recipe.yaml``, then ``smoke.yaml`` if ``smoke``, then the user's file ``path``."""
+def load_recipe(path=None, smoke: bool = False, model: str = "") -> Recipe:
+    """The recipe from ``recipe.yaml``, then the model's own sizes (``configs/<model>/recipe.yaml`` for an
+    embedded model such as ``"toy"``), then ``smoke.yaml`` if ``smoke``, then the user's file ``path``."""
     files = [CONFIG_DIR / "recipe.yaml"]
+    if model and (CONFIG_DIR / str(model) / "recipe.yaml").is_file():
+        files.append(CONFIG_DIR / str(model) / "recipe.yaml")
     if smoke:
         files.append(CONFIG_DIR / "smoke.yaml")
     if path:

@@ -44,3 +44,18 @@ def test_bad_pretraining_config_names_the_file(tmp_path):
     bad.write_text("vae_stpes: 3\n")
     with pytest.raises(ConfigError, match="bad.yaml.*vae_stpes"):
         PretrainConfig.load(bad)
+
+
+def test_the_toy_models_recipe_follows_its_size(tmp_path, monkeypatch):
+    from styleblend.config import load_recipe
+    from styleblend.sd import loading
+
+    recipe = load_recipe(model="toy")
+    assert (recipe.sdedit.resolution, recipe.coarse.resolution, recipe.fine.resolution, recipe.blend.resolution) == \
+        (64, 64, 64, 64)
+    assert recipe.blend.output_size == 512 and recipe.sdedit.prompt_template == "A {caption}, flat."
+    assert load_recipe(model="toy", smoke=True).fine.ti_steps == 3, "smoke sizes still win"
+    assert load_recipe().blend.resolution == 768
+    monkeypatch.setattr(loading, "TOY_MODEL", tmp_path / "absent")
+    with pytest.raises(ModelLoadError, match="toy model is not in this checkout.*pretrain-toy"):
+        loading.resolve_model("toy")

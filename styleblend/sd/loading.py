@@ -100,10 +100,19 @@ def load_sd(path_or_repo_id: Union[str, Path, None] = None, dtype: str = "float3
                            path=root, dtype=dtype, **models)
 
 
+TOY_MODEL = Path(__file__).resolve().parents[1] / "assets" / "toy-model"
+
+
 def resolve_model(model: Union[str, Path, None]) -> Union[Path, str]:
-    """``None`` / ``"tiny"`` -> the embedded tiny model's folder (written on first use); anything else as given."""
+    """``None`` / ``"tiny"`` -> the embedded tiny model's folder (written on first use); ``"toy"`` -> the
+    committed toy model (:mod:`styleblend.pretrain`); anything else as given."""
     if model is None or str(model) == "tiny":
         return write_tiny_sd(default_tiny_path())
+    if str(model) == "toy":
+        if not (TOY_MODEL / "model_index.json").is_file():
+            raise ModelLoadError(f"{TOY_MODEL}: the toy model is not in this checkout (styleblend pretrain-toy "
+                                 f"{TOY_MODEL} trains it)")
+        return TOY_MODEL
     return model
 
 
