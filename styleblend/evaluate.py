@@ -63,6 +63,7 @@ NEEDS = {"style_score": ("dino", "hist", "lpips"), "text_score": ("clip_r",), "q
 DINO_ID, CLIP_ID = "facebook/dinov2-base", "openai/clip-vit-large-patch14"
 RGB_BINS, HUE_BINS, CLIP_R_TOP, FID_CAP = 16, 72, 5, 20.0
 IQA_PROMPTS = ("Good photo.", "Bad photo.")
+SCORE_WEIGHTS = {"dino": 0.2, "hist": 0.4, "lpips": 0.4, "clip_r": 0.5, "fid": 0.4, "clip_iqa": 0.1}  # the docstring's formula
 IMAGE_SIZE = 512  # the challenge's images are IMAGE_SIZE × IMAGE_SIZE
 NOT_COMPUTED = "not computed: "
 
@@ -122,11 +123,15 @@ class EvalModels:
     batch_size: int = 8
 
 
-def combine(dino, hist, lpips, clip_r, fid, clip_iqa) -> Tuple[Optional[float], ...]:
-    """``(style_score, text_score, quality_score, final)`` from the terms; ``None`` in → ``None`` out."""
-    style = None if None in (dino, hist, lpips) else 0.2 * dino + 0.4 * hist + 0.4 * (1.0 - lpips)
-    text = None if clip_r is None else 0.5 * clip_r
-    quality = None if None in (fid, clip_iqa) else 0.4 * (FID_CAP - min(fid, FID_CAP)) / FID_CAP + 0.1 * clip_iqa
+def combine(dino, hist, lpips, clip_r, fid, clip_iqa, weights: Optional[Dict[str, float]] = None
+            ) -> Tuple[Optional[float], ...]:
+    """``(style_score, text_score, quality_score, final)`` from the terms; ``None`` in → ``None`` out.
+    ``weights`` changes some of :data:`SCORE_WEIGHTS` (a what-if; the challenge's are the default)."""
+    w = {**SCORE_WEIGHTS, **(weights or {})}
+    style = None if None in (dino, hist, lpips) else w["dino"] * dino + w["hist"] * hist + w["lpips"] * (1.0 - lpips)
+    text = None if clip_r is None else w["clip_r"] * clip_r
+    quality = (None if None in (fid, clip_iqa) else
+               w["fid"] * (FID_CAP - min(fid, FID_CAP)) / FID_CAP + w["clip_iqa"] * clip_iqa)
     final = None if None in (style, text, quality) else style * (text + quality)
     return style, text, quality, final
 

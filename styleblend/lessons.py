@@ -209,3 +209,122 @@ def styles_with_results(results_root, set_name: str, data_root) -> List[str]:
 
 def _count_blocks(holders) -> int:
     return sum(len(t.transformer_blocks) for h in holders if h.attentions is not None for t in h.attentions)
+
+
+# ---- the notebooks' exercises: small variations of what each notebook shows ----------------------------
+
+def guidance_row(sd, prompt: str, guidances: Sequence[float], steps: int, size: int, seed: int,
+                 negative_prompt: str = "") -> List[Image.Image]:
+    """One image of ``prompt`` per classifier-free guidance scale (same seed; 1 = no guidance)."""
+    return [text_to_image(sd, prompt, negative_prompt, steps, w, size, size, seed)[0]
+            for w in progress(guidances, desc="guidance")]
+
+
+def sdedit_seeds(sd, image: Image.Image, prompt: str, strength: float, seeds: Sequence[int], steps: int, size: int,
+                 negative_prompt: str = "", guidance: float = 7.5) -> List[Image.Image]:
+    """SDEdit of one image at one strength with each noise seed: how much the candidates of one image differ."""
+    return [image_to_image(sd, [image], prompt, negative_prompt, strength=strength, steps=steps, guidance=guidance,
+                           seed=s, size=size)[0] for s in progress(seeds, desc="seeds")]
+
+
+def lora_counts(model, settings: Sequence[Tuple[Sequence[str], int]]) -> str:
+    """A Markdown table of what a LoRA of each ``(targets, rank)`` in ``settings`` would train in ``model``."""
+    lines = ["| targets | rank | layers | LoRA (A and B) | LoRA / model |", "|---|---:|---:|---:|---:|"]
+    for targets, rank in settings:
+        count = lora_parameter_count(model, targets, rank)
+        lines.append(f"| {', '.join(targets)} | {rank} | {count.layers} | {count.lora:,} | "
+                     f"{count.lora / count.model:.3%} |")
+    return "\n".join(lines)
+
+
+def text_lora_samples(sd, prompts: Sequence[str], text_encoder, multiplier: float, steps: int, size: int, seed: int,
+                      guidance: float = 7.5) -> List[Image.Image]:
+    """:func:`samples` through ``text_encoder`` with its LoRA at ``multiplier`` (0 = the encoder without its LoRA)."""
+    with lora_multiplier(text_encoder, multiplier):
+        return samples(sd, prompts, steps, size, seed, guidance, text_encoder=text_encoder)
+
+
+def max_pixel_difference(a: Sequence[Image.Image], b: Sequence[Image.Image]) -> int:
+    """The largest difference of one colour value (0-255) between two lists of same-size images, pair by pair."""
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} images against {len(b)}")
+    return max(int(np.abs(np.asarray(x.convert("RGB"), np.int16) - np.asarray(y.convert("RGB"), np.int16)).max())
+               for x, y in zip(a, b))
+
+
+def coarse_variant(sd, style_data, recipe, paths, scratch_root, **changes):
+    """Train the coarse style again with ``changes`` to ``recipe.coarse`` into a checkpoint under ``scratch_root``."""
+    from .checkpoints import StyleCheckpoint
+    from .coarse import train_coarse
+    from .reproduce import run_sdedit
+
+    sdedit = run_sdedit(sd, style_data, recipe, paths)  # the run's SDEdit images, reused
+    scratch = StyleCheckpoint(scratch_root, paths.set_name, style_data.style)
+    return train_coarse(sd, style_data, sdedit, replace(recipe.coarse, **changes), scratch, recipe.seed, force=True,
+                        staged=recipe.staged_backward)
+
+
+def fine_variant(sd, style_data, recipe, paths, scratch_root, **changes):
+    """Retrain the fine style with ``changes`` to ``recipe.fine`` under ``scratch_root``, then reload the run's own."""
+    from .checkpoints import StyleCheckpoint
+    from .fine import load_fine, train_fine
+
+    scratch = StyleCheckpoint(scratch_root, paths.set_name, style_data.style)
+    result = train_fine(sd, style_data, replace(recipe.fine, **changes), scratch, recipe.seed, force=True,
+                        staged=recipe.staged_backward)
+    own = paths.checkpoint(style_data.style)
+    if own.exists("fine"):
+        load_fine(sd, own)
+    return result
+
+
+def token_similarity(text_encoder, tokenizer, token: str, other: str) -> float:
+    """Cosine similarity of two tokens' embedding rows in ``text_encoder`` (e.g. a learned ``<F>`` and its start)."""
+    from .sd.tokens import token_id
+
+    vocab = tokenizer.get_vocab()  # added tokens such as "<F>" by name, words through the tokenizer
+    a, b = (text_encoder.token_embedding_weight[vocab[t] if t in vocab else token_id(tokenizer, t)].numpy()
+            .astype(np.float64) for t in (token, other))
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def blend_outputs(sd, coarse_text_encoder, prompt: str, variants: Dict[str, BlendParams], cfg: BlendConfig,
+                  seed: int, **tokens) -> Dict[str, BlendOutput]:
+    """Both branches' images of ``prompt`` for each named parameter set (same seed)."""
+    return {name: blend_sample(sd, coarse_text_encoder, prompt, params, cfg, seed, **tokens)
+            for name, params in progress(variants.items(), desc="variants")}
+
+
+def preview(sd, ckpt, prompts: Sequence[str], params: BlendParams, cfg: BlendConfig,
+            seed: Optional[int] = None) -> List[Image.Image]:
+    """The images ``generate_style`` would save for ``prompts`` (their own seeds unless ``seed``), not saved."""
+    from .coarse import load_coarse
+    from .fine import load_fine
+
+    coarse_text_encoder = load_coarse(sd, ckpt)
+    load_fine(sd, ckpt)
+    tokens = {"coarse_token": ckpt.load_embedding("coarse_embeds")[0],
+              "fine_token": ckpt.load_embedding("fine_embeds")[0]}
+    return [blend_sample(sd, coarse_text_encoder, p, params, cfg, params.seed_for(p) if seed is None else seed,
+                         **tokens).fsb for p in progress(prompts, desc="preview")]
+
+
+def weighted_score(terms: Dict[str, float], weights: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+    """Style, text, quality and final score of ``terms`` under ``weights`` (changes to the challenge's weights)."""
+    from .evaluate import AGGREGATES, TERMS, combine
+
+    return dict(zip(AGGREGATES, combine(*(terms[k] for k in TERMS), weights=weights)))
+
+
+def shift_hue(image: Image.Image, fraction: float) -> Image.Image:
+    """``image`` with every hue turned by ``fraction`` of the colour wheel (layout, saturation, brightness kept)."""
+    hsv = np.asarray(image.convert("RGB").convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(fraction * 256))) % 256
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
+def saved_results(paths, style: str, prompts: Sequence[str]) -> List[Image.Image]:
+    """The images saved for ``prompts`` of ``style`` in ``<results_root>/<set>/<style>/`` (notebook 05's)."""
+    from .data import result_path
+
+    return read_images([result_path(paths.results_root, paths.set_name, style, p) for p in prompts])

@@ -1,5 +1,6 @@
 """Notebook policy: numbered, stripped of outputs in git, exactly one `parameters` cell with the shared names,
-and no logic of their own (no function or class definitions: the package owns the logic)."""
+no logic of their own (no function or class definitions: the package owns the logic), and an `## Exercises`
+section at the end."""
 import ast
 import json
 import logging
@@ -51,3 +52,19 @@ def test_setup_is_one_call_of_the_run_context(path):
     code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
     setup = "".join(code[2]["source"]).strip().splitlines()
     assert len(setup) <= 3 and setup[0].startswith("run = open_notebook(")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_ends_with_exercises(path):
+    """The last section is `## Exercises`: an intro, then at least two `### Exercise` cells, each followed by the
+    one code cell that performs it."""
+    cells = json.loads(path.read_text())["cells"]
+    text = ["".join(c["source"]).lstrip() if c["cell_type"] == "markdown" else None for c in cells]
+    starts = [i for i, t in enumerate(text) if t is not None and t.startswith("## Exercises")]
+    assert len(starts) == 1, "one markdown cell starting with '## Exercises'"
+    section = cells[starts[0] + 1:]
+    assert len(section) >= 4 and len(section) % 2 == 0, "only exercises (markdown, code) follow the heading"
+    for task, code in zip(section[::2], section[1::2]):
+        assert task["cell_type"] == "markdown" and "".join(task["source"]).startswith("### Exercise"), \
+            "each exercise starts with a '### Exercise' markdown cell"
+        assert code["cell_type"] == "code" and "".join(code["source"]).strip(), "each exercise has one code cell"
