@@ -63,7 +63,7 @@ NEEDS = {"style_score": ("dino", "hist", "lpips"), "text_score": ("clip_r",), "q
 DINO_ID, CLIP_ID = "facebook/dinov2-base", "openai/clip-vit-large-patch14"
 RGB_BINS, HUE_BINS, CLIP_R_TOP, FID_CAP = 16, 72, 5, 20.0
 IQA_PROMPTS = ("Good photo.", "Bad photo.")
-SCORE_WEIGHTS = {"dino": 0.2, "hist": 0.4, "lpips": 0.4, "clip_r": 0.5, "fid": 0.4, "clip_iqa": 0.1}  # the docstring's formula
+SCORE_WEIGHTS = {"dino": 0.2, "hist": 0.4, "lpips": 0.4, "clip_r": 0.5, "fid": 0.4, "clip_iqa": 0.1}  # the formula
 IMAGE_SIZE = 512  # the challenge's images are IMAGE_SIZE × IMAGE_SIZE
 NOT_COMPUTED = "not computed: "
 

@@ -162,8 +162,10 @@ def recorded_models(results_root, set_name: str, styles) -> Dict[str, list]:
 
 def run_digest(model: Optional[str], recipe) -> str:
     """What a run of the notebooks is made of, for its report's rows: the model (a local folder's fingerprint,
-    else the name given; ``""``: the tiny model) and the effective recipe."""
-    folder = Path(model).expanduser() if model else None
+    the committed toy model's, else the name given; ``""``: the default model) and the effective recipe."""
+    from .sd.loading import TOY_MODEL
+
+    folder = TOY_MODEL if model == "toy" else Path(model).expanduser() if model else None
     identity = model_fingerprint(str(folder.resolve())) if folder is not None and folder.is_dir() else model or ""
     return digest({"model": identity, "recipe": recipe.to_dict()})
 

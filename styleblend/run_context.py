@@ -4,8 +4,10 @@ The parameters (a notebook's ``parameters`` cell, the command line's options) na
 recipe file; :func:`open_set` turns them into the recipe, the folders and the loaded model, and :func:`open_notebook`
 adds one style's data, checkpoint folder and figures folder. The rules live here, once:
 
-* **smoke**: the recipe's tiny sizes and step counts when asked for (``--smoke``, ``STYLEBLEND_SMOKE=1``) or when
-  no model is given (the embedded tiny model with random weights; the banner says so).
+* **the model**: the one given, else :data:`DEFAULT_MODEL` (an embedded model; a banner says which); an embedded
+  model brings its own sizes (``configs/<model>/recipe.yaml``).
+* **smoke**: the recipe's tiny sizes and step counts when asked for (``--smoke``, ``STYLEBLEND_SMOKE=1``) or on
+  the tiny model (random weights: more steps would show nothing more).
 * **relative paths** resolve against the repository root, wherever the process runs (JupyterLab in
   ``notebooks/``, papermill from the root or elsewhere), so outputs never land outside the repository by default.
 * **the set's name** follows the data folder (``data/B`` → ``B``) unless given.
@@ -21,8 +23,13 @@ from .config import Recipe, load_recipe
 from .data import StyleData
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL_BANNER = ("!! No MODEL given: running the embedded TINY model with RANDOM weights at smoke sizes.\n"
-                     "!! The images prove the pipeline runs; they are not from a trained Stable Diffusion.")
+DEFAULT_MODEL = "tiny"  # the model of a run that names none: an embedded one (sd.loading.resolve_model)
+BANNERS = {
+    "tiny": ("!! No MODEL given: running the embedded TINY model with RANDOM weights at smoke sizes.\n"
+             "!! The images prove the pipeline runs; they are not from a trained Stable Diffusion."),
+    "toy": ("!! No MODEL given: running the embedded TOY model (pretrained on the toy world's 64x64 pictures).\n"
+            "!! The method works on toy pictures here; Stable Diffusion 2.1 is a MODEL you download."),
+}
 
 
 def resolve(path: Union[str, Path]) -> Path:
@@ -31,9 +38,24 @@ def resolve(path: Union[str, Path]) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def model_name(model: Optional[str]) -> str:
+    """The model a run uses: the one given, else :data:`DEFAULT_MODEL`."""
+    return str(model) if model else DEFAULT_MODEL
+
+
+def banner(model: Optional[str]) -> str:
+    """The warning a run that names no model prints ("" when it names one)."""
+    return "" if model else BANNERS[DEFAULT_MODEL]
+
+
 def smoke_mode(model: Optional[str], smoke: bool = False) -> bool:
-    """Tiny sizes and step counts: asked for, or no model given (the tiny random model has nothing to show)."""
-    return bool(smoke) or os.environ.get("STYLEBLEND_SMOKE", "0") == "1" or not model
+    """Tiny sizes and step counts: asked for, or on the tiny random model (it has nothing more to show)."""
+    return bool(smoke) or os.environ.get("STYLEBLEND_SMOKE", "0") == "1" or model_name(model) == "tiny"
+
+
+def run_recipe(model: Optional[str], recipe_file: Optional[str] = "", smoke: bool = False) -> Recipe:
+    """A run's recipe: the defaults, the model's own sizes, smoke sizes by :func:`smoke_mode`, the user's file."""
+    return load_recipe(recipe_file or None, smoke=smoke_mode(model, smoke), model=model_name(model))
 
 
 @dataclass
@@ -56,7 +78,7 @@ class SetRun:
     """A style set, its recipe and folders, and the loaded model."""
     recipe: Recipe
     paths: SetPaths
-    model: str  # "" = the embedded tiny model
+    model: str  # "" = DEFAULT_MODEL
     smoke: bool
     sd: object = None
 
@@ -66,8 +88,8 @@ def open_set(data_root, set_name: str = "", model: Optional[str] = "", recipe_fi
              load_model: bool = True, echo=print) -> SetRun:
     """The recipe (smoke rule, the user's file, ``steps`` > 0 for the samples), the folders and the model."""
     data_root = resolve(data_root)
+    recipe = run_recipe(model, recipe_file, smoke)
     smoke = smoke_mode(model, smoke)
-    recipe = load_recipe(recipe_file or None, smoke=smoke)
     if steps:
         recipe.blend.steps = steps
     paths = SetPaths(set_name or data_root.name, data_root, resolve(results_root), resolve(checkpoints_root))
@@ -75,9 +97,9 @@ def open_set(data_root, set_name: str = "", model: Optional[str] = "", recipe_fi
     if load_model:
         from .sd.loading import load_sd, resolve_model
 
-        run.sd = load_sd(resolve_model(model or None), dtype=recipe.precision)
-        if not model:
-            echo(TINY_MODEL_BANNER)
+        run.sd = load_sd(resolve_model(model_name(model)), dtype=recipe.precision)
+        if banner(model):
+            echo(banner(model))
     return run
 
 

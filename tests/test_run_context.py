@@ -30,3 +30,16 @@ def test_smoke_sizes_without_a_model_or_when_asked(monkeypatch):
     full = open_set(DEMO, model="/models/sd21", load_model=False).recipe
     tiny = open_set(DEMO, load_model=False, steps=7).recipe
     assert full.blend.resolution == 768 and tiny.blend.resolution == 64 and tiny.blend.steps == 7
+
+
+def test_an_embedded_model_brings_its_sizes_and_a_banner(monkeypatch):
+    from styleblend import run_context
+
+    monkeypatch.delenv("STYLEBLEND_SMOKE", raising=False)
+    toy = open_set(DEMO, model="toy", load_model=False)
+    assert not toy.smoke and toy.recipe.blend.resolution == 64 and toy.recipe.fine.ti_steps == 150
+    assert run_context.banner("toy") == "" and run_context.model_name("/models/sd21") == "/models/sd21"
+    monkeypatch.setattr(run_context, "DEFAULT_MODEL", "toy")
+    default = open_set(DEMO, load_model=False)
+    assert not default.smoke and default.recipe.fine.ti_steps == 150
+    assert "TOY model" in run_context.banner("") and run_context.model_name("") == "toy"

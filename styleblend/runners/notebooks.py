@@ -33,13 +33,12 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import psutil
 
-from ..config import load_recipe
 from .gpus import claim_gpu, gpu_env
 from ..io import write_atomic
 from ..locks import style_lock
 from ..manifest import recorded_models, run_digest
 from ..memory import gpu_used_mb
-from ..run_context import REPO_ROOT, TINY_MODEL_BANNER
+from ..run_context import REPO_ROOT, banner, model_name, run_recipe, smoke_mode
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 GPU_LOCKS = ".gpu-locks"  # outputs/.gpu-locks/<id>.lock: who holds which GPU
@@ -168,10 +167,11 @@ class PeakMemory:
 
 
 def report_header(model: Optional[str], results_root=None, set_name: str = "", styles: Sequence[str] = ()) -> str:
-    """The report's first lines: the tiny-model warning when no model was given, then the model each style's images
-    were made with as their manifests record it (:mod:`styleblend.manifest`), or, before any, the model given."""
+    """The report's first lines: the embedded model's warning when no model was given, then the model each style's
+    images were made with as their manifests record it (:mod:`styleblend.manifest`), or, before any, the model
+    given."""
     made = recorded_models(results_root, set_name, styles) if results_root is not None else {}
-    lines = [] if model else [TINY_MODEL_BANNER]
+    lines = [banner(model)] if banner(model) else []
     lines += [f"Images made with {name}: style(s) {', '.join(found)}" for name, found in made.items()]
     if model and not made:
         lines.append(f"Model: {model}")
@@ -341,13 +341,13 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
     from ..checkpoints import StyleCheckpoint  # not at the top: it loads Jittor, which styles/merge-reports skip
 
     outputs = Path(outputs).resolve()
-    tiny = not model
-    run = run_digest(model, load_recipe(recipe, smoke=tiny))  # a bad recipe file fails here, not in every notebook
+    # a bad recipe file fails here, not in every notebook
+    run = run_digest(model_name(model), run_recipe(model, recipe))
     # PYTHONFAULTHANDLER: a kernel that dies of a signal (a crash in compiled code) prints its Python stack
     env = dict(os.environ, STYLEBLEND_QUIET="1", PYTHONFAULTHANDLER="1",
-               **({"STYLEBLEND_SMOKE": "1"} if tiny else {}))
-    if tiny:
-        echo(TINY_MODEL_BANNER)
+               **({"STYLEBLEND_SMOKE": "1"} if smoke_mode(model) else {}))
+    if banner(model):
+        echo(banner(model))
     params = {"set_name": set_name, "data_root": Path(data_root).resolve(),
               "results_root": Path(results_root).resolve(), "checkpoints_root": Path(checkpoints_root).resolve(),
               "output_root": outputs, "model": model or "", "recipe_file": Path(recipe).resolve() if recipe else ""}

@@ -26,6 +26,7 @@ import yaml
 
 from ..config import load_yaml
 from ..errors import StyleBlendError
+from ..run_context import model_name
 from .notebooks import NOTEBOOK_DIR, notebooks
 from ..progress import progress
 
@@ -69,7 +70,7 @@ def code_fingerprint(folder: Path = NOTEBOOK_DIR) -> str:
 def warm_key(model: Optional[str], recipe: Optional[str], folder: Path = NOTEBOOK_DIR) -> str:
     """What the compiled kernels depend on besides the machine: the code, the device, the model, the recipe."""
     recipe_text = Path(recipe).read_text(encoding="utf-8") if recipe else ""
-    parts = [code_fingerprint(folder), os.environ.get("STYLEBLEND_DEVICE", "cpu"), model or "tiny", recipe_text]
+    parts = [code_fingerprint(folder), os.environ.get("STYLEBLEND_DEVICE", "cpu"), model_name(model), recipe_text]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
