@@ -510,6 +510,12 @@ def _columns(scores: Sequence[StyleScore]) -> Tuple[str, ...]:
     return CHALLENGE_COLUMNS + tuple(c for c in TOY_TERMS if any(getattr(s, c) is not None for s in scores))
 
 
+def scores_file(outputs, set_name: str) -> Path:
+    """Where a run keeps its set's scores: ``<outputs>/scores/<set>.csv`` (notebook 06 writes it, the gallery reads
+    it)."""
+    return Path(outputs) / "scores" / f"{set_name}.csv"
+
+
 def write_csv(scores: Sequence[StyleScore], path) -> Path:
     """The rows as CSV (:func:`_columns`), empty cells where a value was not computed."""
     columns = _columns(scores)
@@ -555,5 +561,5 @@ def markdown_table(scores: Sequence[StyleScore]) -> str:
 
 
 __all__ = ["IMAGE_SIZE", "Term", "StyleScore", "EvalModels", "combine", "hist_similarity", "frechet_distance",
-           "clip_r_hits", "evaluate_style", "evaluate_set", "mean_score", "write_csv", "read_csv", "markdown_table",
-           "COLUMNS"]
+           "clip_r_hits", "evaluate_style", "evaluate_set", "mean_score", "scores_file", "write_csv", "read_csv",
+           "markdown_table", "COLUMNS"]

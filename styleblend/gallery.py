@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from .data import IMAGE_SUFFIXES, load_prompts, open_image, result_name
 from .errors import DataError
-from .evaluate import COLUMNS, StyleScore, read_csv
+from .evaluate import COLUMNS, StyleScore, read_csv, scores_file
 from .io import write_atomic
 
 GALLERY = "gallery.html"
@@ -39,21 +39,16 @@ section { border-top: 2px solid #ddd; margin-top: 2em; }
 """
 
 
-def scores_csv(outputs, set_name: str) -> Path:
-    """Where notebook 06 writes the set's scores (:func:`styleblend.evaluate.write_csv`)."""
-    return Path(outputs) / "scores" / f"{set_name}.csv"
-
-
 def write_gallery(outputs, set_name: str, data_root, results_root, styles: Sequence[str], header: str,
                   rows: Iterable = (), scores: Optional[Sequence[StyleScore]] = None) -> Path:
     """Write ``<outputs>/gallery.html`` (replacing it: it is generated) and return its path.
 
     ``header``: the run report's header (:func:`styleblend.runners.notebooks.report_header`: the model);
     ``rows``: the report's rows (:class:`~styleblend.runners.notebooks.ReportRow`), shown per style;
-    ``scores``: the set's scores, by default those of :func:`scores_csv` when it exists.
+    ``scores``: the set's scores, by default those of :func:`~styleblend.evaluate.scores_file` when it exists.
     """
     path = Path(outputs).resolve() / GALLERY
-    scores, score_note = (scores, "") if scores is not None else _stored_scores(scores_csv(outputs, set_name))
+    scores, score_note = (scores, "") if scores is not None else _stored_scores(scores_file(outputs, set_name))
     by_style = {s.style: s for s in scores}
     rows = list(rows)
     body = [f"<h1>StyleBlend results: set {_e(set_name)}</h1>", *(f"<p>{_e(line)}</p>" for line in header.splitlines())]

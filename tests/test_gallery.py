@@ -10,7 +10,8 @@ from PIL import Image
 
 from styleblend.data import result_name
 from styleblend.evaluate import StyleScore, write_csv
-from styleblend.gallery import scores_csv, write_gallery
+from styleblend.evaluate import scores_file
+from styleblend.gallery import write_gallery
 from styleblend.runners import cli
 from styleblend.runners import notebooks as runner
 from styleblend.runners.notebooks import ReportRow, merge_reports, report_header, style_report
@@ -90,7 +91,7 @@ def _linked(page: Page, gallery: Path, target: Path):
 def test_the_gallery_shows_every_image_links_it_marks_the_missing_one_and_escapes_text(tmp_path):
     data, results, outputs = _fake_run(tmp_path)
     rows = merge_reports(outputs, report_header(None))
-    write_csv([StyleScore("a", hist=0.4321), StyleScore("b"), StyleScore("mean")], scores_csv(outputs, SET))
+    write_csv([StyleScore("a", hist=0.4321), StyleScore("b"), StyleScore("mean")], scores_file(outputs, SET))
 
     gallery = write_gallery(outputs, SET, data, results, ["a", "b"], report_header(None), rows)
     assert gallery == outputs.resolve() / "gallery.html"
