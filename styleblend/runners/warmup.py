@@ -3,8 +3,9 @@
 Jittor compiles its core and each operator kernel the first time a process needs it. This compiles all of them
 once per machine, in one plain process, so the notebooks' Jupyter kernels never compile on a normal run
 (docs/first-run.md says why that matters). It runs the code cells of every numbered notebook here, with the
-parameters ``make reproduce`` gives them, two steps of every loop (kernels depend on shapes and types, not on
-step counts) and every file written to a temporary folder. A stamp in Jittor's cache remembers what was warmed
+parameters ``make reproduce`` gives them and every file written to a temporary folder: at smoke sizes with the
+run's own recipe, else with two steps of every loop (kernels depend on shapes and types, hardly on step counts;
+a few values, such as those a short training reaches at its last step, can still differ at full size). A stamp in Jittor's cache remembers what was warmed
 (machine, package code, model, recipe), so later runs skip it.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ import yaml
 
 from ..config import load_yaml
 from ..errors import StyleBlendError
-from ..run_context import model_name
+from ..run_context import model_name, smoke_mode
 from .notebooks import NOTEBOOK_DIR, notebooks
 from ..progress import progress
 
@@ -74,6 +75,15 @@ def warm_key(model: Optional[str], recipe: Optional[str], folder: Path = NOTEBOO
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def _warmup_recipe(model: Optional[str], recipe: Optional[str], folder: Path) -> str:
+    """The recipe the warmup runs the notebooks with: at smoke sizes the run's own (already a few steps, and every
+    value as the notebooks will see it, e.g. the step at which an exercise's training ends), else
+    :func:`_few_steps_recipe`."""
+    if smoke_mode(model):
+        return str(Path(recipe).resolve()) if recipe else ""
+    return str(_few_steps_recipe(recipe, folder))
+
+
 def _few_steps_recipe(recipe: Optional[str], folder: Path) -> Path:
     """The user's recipe (if any) with two steps of every loop, as a file the notebooks can read."""
     data = (load_yaml(recipe) or {}) if recipe else {}
@@ -118,7 +128,7 @@ def warm(set_name: str, data_root, style: str, model: Optional[str] = None, reci
     with tempfile.TemporaryDirectory(prefix="styleblend-warmup-") as tmp:
         tmp = Path(tmp)
         parameters = {"style": style, "set_name": set_name, "data_root": str(Path(data_root).resolve()),
-                      "model": model or "", "recipe_file": str(_few_steps_recipe(recipe, tmp)),
+                      "model": model or "", "recipe_file": _warmup_recipe(model, recipe, tmp),
                       "results_root": str(tmp / "result"), "checkpoints_root": str(tmp / "checkpoints"),
                       "output_root": str(tmp / "outputs")}
         bar = progress(notebooks(folder), desc="warmup", unit="notebook")
