@@ -181,6 +181,15 @@ def _resize(image: Image.Image, size: int) -> Image.Image:
     return image if image.size == (size, size) else image.resize((size, size), Image.BICUBIC)
 
 
+def load_style_weights(sd, ckpt: StyleCheckpoint):
+    """A trained style into ``sd``: ``(coarse text encoder, {"coarse_token": …, "fine_token": …})`` for
+    :func:`blend_sample` (the fine style's LoRA and token go into ``sd`` itself)."""
+    coarse_text_encoder = load_coarse(sd, ckpt)
+    load_fine(sd, ckpt)
+    return coarse_text_encoder, {"coarse_token": ckpt.load_embedding("coarse_embeds")[0],
+                                 "fine_token": ckpt.load_embedding("fine_embeds")[0]}
+
+
 def generate_style(sd, style_data: StyleData, ckpt: StyleCheckpoint, params: BlendParams, cfg: BlendConfig,
                    results_root, set_name: str, seed: Optional[int] = None, force: bool = False,
                    mode: str = "full") -> List[Path]:
@@ -194,12 +203,9 @@ def generate_style(sd, style_data: StyleData, ckpt: StyleCheckpoint, params: Ble
             for prompt in style_data.prompts.values()]
     todo = [(prompt, path) for prompt, path in jobs if force or not path.exists()]
     if todo:
-        coarse_text_encoder = load_coarse(sd, ckpt)
-        load_fine(sd, ckpt)
-        tokens = {kind: ckpt.load_embedding(kind)[0] for kind in ("coarse_embeds", "fine_embeds")}
+        coarse_text_encoder, tokens = load_style_weights(sd, ckpt)
         for prompt, path in progress(todo, desc=f"style {style_data.style}"):
             out = blend_sample(sd, coarse_text_encoder, prompt, params, cfg,
-                               params.seed_for(prompt) if seed is None else seed, mode=mode,
-                               fine_token=tokens["fine_embeds"], coarse_token=tokens["coarse_embeds"])
+                               params.seed_for(prompt) if seed is None else seed, mode=mode, **tokens)
             save_image(out.image, path, overwrite=force)
     return [path for _, path in jobs]

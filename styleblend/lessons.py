@@ -16,7 +16,7 @@ from PIL import Image
 
 from .backend import jt
 
-from .blend import BlendOutput, blend_sample
+from .blend import BlendOutput, blend_sample, load_style_weights
 from .sdedit import SDEditResult
 from .config import BlendConfig, BlendParams
 from .data import list_styles, read_images
@@ -159,8 +159,8 @@ def vary(params: BlendParams, name: str, values: Sequence) -> Dict[str, BlendPar
 def parameter_sweep(sd, coarse_text_encoder, prompt: str, variants: Dict[str, BlendParams], cfg: BlendConfig,
                     seed: int, **tokens) -> Dict[str, Image.Image]:
     """The full StyleBlend image of ``prompt`` for each named parameter set (same seed)."""
-    return {name: blend_sample(sd, coarse_text_encoder, prompt, params, cfg, seed, **tokens).image
-            for name, params in progress(variants.items(), desc="sweep")}
+    outputs = blend_outputs(sd, coarse_text_encoder, prompt, variants, cfg, seed, **tokens)
+    return {name: out.image for name, out in outputs.items()}
 
 
 def self_attention_layers(sd, resolution: int) -> str:
@@ -298,13 +298,7 @@ def blend_outputs(sd, coarse_text_encoder, prompt: str, variants: Dict[str, Blen
 def preview(sd, ckpt, prompts: Sequence[str], params: BlendParams, cfg: BlendConfig,
             seed: Optional[int] = None) -> List[Image.Image]:
     """The images ``generate_style`` would save for ``prompts`` (their own seeds unless ``seed``), not saved."""
-    from .coarse import load_coarse
-    from .fine import load_fine
-
-    coarse_text_encoder = load_coarse(sd, ckpt)
-    load_fine(sd, ckpt)
-    tokens = {"coarse_token": ckpt.load_embedding("coarse_embeds")[0],
-              "fine_token": ckpt.load_embedding("fine_embeds")[0]}
+    coarse_text_encoder, tokens = load_style_weights(sd, ckpt)
     return [blend_sample(sd, coarse_text_encoder, p, params, cfg, params.seed_for(p) if seed is None else seed,
                          **tokens).fsb for p in progress(prompts, desc="preview")]
 

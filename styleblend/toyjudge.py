@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ModelLoadError
+from .io import write_atomic
 from .progress import progress
 from .toyworld import COLOURS, OBJECTS, STYLES, draw, sample_scene
 
@@ -112,15 +113,12 @@ def load_judge(cfg: JudgeConfig = JudgeConfig(), cache: Path = CACHE):
     """The judge of ``cfg``: from the cache, else trained now and cached."""
     torch = _torch()
     path = Path(cache) / f"toy-judge-{cfg.key()}.pt"
-    net = _network(torch)
     if path.is_file():
+        net = _network(torch)
         net.load_state_dict(torch.load(path, map_location="cpu"))
         return net.eval()
     net = train_judge(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(net.state_dict(), tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: torch.save(net.state_dict(), tmp))
     return net
 
 

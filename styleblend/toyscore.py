@@ -53,8 +53,7 @@ def toy_terms(judge_net, generated: Sequence[Image.Image], prompts: Sequence[str
 
     wanted = [parse_prompt(p) for p in prompts]
     seen = judge(judge_net, generated)
-    terms = {"object": float(np.mean([o == w[1] for o, w in zip(seen["object"], wanted)])),
-             "colour": float(np.mean([c == w[0] for c, w in zip(seen["colour"], wanted)])),
-             "judged_style": float(np.mean([s == style for s in seen["style"]])) if style in STYLES else None,
-             "texture": texture_similarity(generated, references)}
-    return terms
+    return {"object": float(np.mean([o == w[1] for o, w in zip(seen["object"], wanted)])),
+            "colour": float(np.mean([c == w[0] for c, w in zip(seen["colour"], wanted)])),
+            "judged_style": float(np.mean([s == style for s in seen["style"]])) if style in STYLES else None,
+            "texture": texture_similarity(generated, references)}

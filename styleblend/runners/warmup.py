@@ -5,8 +5,8 @@ once per machine, in one plain process, so the notebooks' Jupyter kernels never 
 (docs/first-run.md says why that matters). It runs the code cells of every numbered notebook here, with the
 parameters ``make reproduce`` gives them and every file written to a temporary folder: at smoke sizes with the
 run's own recipe, else with two steps of every loop (kernels depend on shapes and types, hardly on step counts;
-a few values, such as those a short training reaches at its last step, can still differ at full size). A stamp in Jittor's cache remembers what was warmed
-(machine, package code, model, recipe), so later runs skip it.
+a few values, such as those a short training reaches at its last step, can still differ at full size). A stamp in
+Jittor's cache remembers what was warmed (machine, package code, model, recipe), so later runs skip it.
 """
 from __future__ import annotations
 
