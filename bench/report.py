@@ -65,33 +65,52 @@ def report(rows: List[dict]) -> str:
 
 
 def training(rows: List[dict]) -> str:
-    """Minutes of one style with the default recipe: the three trainings' steps and the SDEdit data."""
+    """Minutes of one style with the default recipe: the three trainings' steps, ours beside diffusers' in each
+    dtype measured, and the SDEdit data."""
     recipe = load_recipe()
     steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
              "text_encoder_lora": recipe.coarse.steps}
-    train = next((r for r in reversed(rows) if all(f"{k}_ms" in r for k in TRAININGS) and not r.get("memory")),
-                 None)
-    sdedit = next((r for r in reversed(rows) if "sdedit_minutes" in r), None)
-    out = ["| one style, default recipe | dtype | ms / step | steps | minutes |", "|---|---|---:|---:|---:|"]
-    total: Optional[float] = 0.0
-    for name in TRAININGS:
-        ms = None if train is None else train[f"{name}_ms"]
-        minutes = None if ms is None else ms * steps[name] / 60000
-        total = None if minutes is None or total is None else total + minutes
-        out.append(f"| {name.replace('_', ' ')} | {train['dtype'] if train else '–'} | {ms if ms else '–'} | "
-                   f"{steps[name]} | {'–' if minutes is None else f'{minutes:.1f}'} |")
+
+    def run(impl: str, dtype: str) -> Optional[dict]:
+        found = [r for r in rows if r.get("impl", "jittor") == impl and r.get("dtype") == dtype
+                 and not r.get("memory") and not r.get("staged") and all(f"{k}_ms" in r for k in TRAININGS)]
+        return found[-1] if found else None
+
+    out = ["| one style, default recipe | dtype | ours ms / step | diffusers ms / step | ratio | steps | "
+           "ours minutes | diffusers minutes |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    totals = {}
+    for dtype in ("float32", "float16"):
+        ours, base = run("jittor", dtype), run("diffusers", dtype)
+        if ours is None and base is None:
+            continue
+        for name in TRAININGS:
+            out.append(f"| {name.replace('_', ' ')} | {dtype} | {num(ours, f'{name}_ms')} | {num(base, f'{name}_ms')} | "
+                       f"{ratio(ours, base, f'{name}_ms')} | {steps[name]} | {minutes(ours, name, steps)} | "
+                       f"{minutes(base, name, steps)} |")
+        totals[dtype] = ours
     table = pick(rows, **{"textual_inversion_table_finite": True})
     if table is not None:
-        out.append(f"| (textual inversion on the whole token table, as the original) | {table['dtype']} | "
-                   f"{table['textual_inversion_table_ms']} | – | – |")
+        out.append(f"| (ours: textual inversion on the whole token table, as the original and diffusers) | "
+                   f"{table['dtype']} | {table['textual_inversion_table_ms']} | | | | | |")
+    sdedit = next((r for r in reversed(rows) if "sdedit_minutes" in r), None)
     sd_min = None if sdedit is None else sdedit["sdedit_minutes"]
     out.append(f"| SDEdit data ({recipe.sdedit.candidates} candidates × {B_IMAGES_PER_STYLE} images) | "
-               f"{sdedit['dtype'] if sdedit else '–'} | – | – | {'–' if sd_min is None else sd_min} |")
-    total = None if total is None or sd_min is None else total + sd_min
-    out.append(f"| **sum** | | | | **{'–' if total is None else f'{total:.1f}'}** |")
-    if train is not None:
-        out.append(f"\nTraining process peak (nvidia-smi): {train['peak_gpu_mb']:.0f} MiB.")
+               f"{sdedit['dtype'] if sdedit else '–'} | | | | | {'–' if sd_min is None else sd_min} | |")
+    for dtype, ours in totals.items():  # open ("–") while a part is missing
+        total = None if ours is None or sd_min is None else (
+            sd_min + sum(ours[f"{k}_ms"] * n for k, n in steps.items()) / 60000)
+        out.append(f"| **one style, ours ({dtype} training)** | | | | | | **{'–' if total is None else f'{total:.1f}'}**"
+                   " | |")
+    peaks = [f"{impl} {dtype} {r['peak_gpu_mb']:.0f} MiB" for dtype in ("float32", "float16")
+             for impl in ("jittor", "diffusers") if (r := run(impl, dtype)) is not None]
+    if peaks:
+        out.append("\nTraining process peak (nvidia-smi): " + "; ".join(peaks) + ".")
     return "\n".join(out)
+
+
+def minutes(row: Optional[dict], name: str, steps: dict) -> str:
+    """The minutes ``steps[name]`` steps of ``row``'s ``name`` training take, or "–"."""
+    return "–" if row is None else f"{row[f'{name}_ms'] * steps[name] / 60000:.1f}"
 
 
 def memory(rows: List[dict]) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU benchmark of docs/performance.md on this machine, one process each, then the table (bench/report.py):
-# the UNet step and one StyleBlend image, ours and diffusers', float16 and float32; the three trainings' steps and
+# the UNet step, one StyleBlend image and the three trainings' steps, ours and diffusers', float16 and float32;
 # an SDEdit candidate (minutes of one style); textual inversion on the whole token table (what training its one
 # row saves); Jittor's memory profile of an image and of the trainings.
 #
@@ -33,7 +33,10 @@ step jittor bench/styleblend_image.py --model "$model" --dtype float16 --sdedit
 step torch bench/styleblend_image.py --impl diffusers --model "$model" --dtype float16
 step jittor bench/styleblend_image.py --model "$model" --dtype float32
 step torch bench/styleblend_image.py --impl diffusers --model "$model" --dtype float32
-step jittor bench/train_step.py --model "$model" --dtype float32
+for dtype in float32 float16; do
+  step jittor bench/train_step.py --model "$model" --dtype $dtype
+  step torch bench/train_step.py --impl diffusers --dtype $dtype
+done
 step jittor bench/train_step.py --model "$model" --dtype float32 --only textual_inversion_table
 step jittor bench/styleblend_image.py --model "$model" --dtype float16 --memory --images 1
 step jittor bench/train_step.py --model "$model" --dtype float32 --memory --steps 1

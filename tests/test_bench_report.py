@@ -33,6 +33,8 @@ def test_ratios_minutes_and_missing_values(tmp_path):
          "peak_gpu_mb": 8000.0, "device": CARD},
         {"dtype": "float32", "memory": False, "textual_inversion_ms": 240.0, "unet_lora_ms": 300.0,
          "text_encoder_lora_ms": 120.0, "peak_gpu_mb": 50000.0, "device": CARD},
+        {"impl": "diffusers", "dtype": "float32", "textual_inversion_ms": 80.0, "unet_lora_ms": 75.0,
+         "text_encoder_lora_ms": 90.0, "peak_gpu_mb": 7000.0, "device": CARD},
     ])
     table = report(rows)
     assert f"Card: {CARD}" in table
@@ -40,7 +42,10 @@ def test_ratios_minutes_and_missing_values(tmp_path):
     assert "| 3.00 | 1.20 | 2.50× |" in table  # the --memory run (99 s) is not the timing
     recipe = load_recipe()
     minutes = (240 * recipe.fine.ti_steps + 300 * recipe.fine.lora_steps + 120 * recipe.coarse.steps) / 60000 + 0.9
-    assert f"**{minutes:.1f}**" in table
+    assert f"**one style, ours (float32 training)** | | | | | | **{minutes:.1f}**" in table
+    assert f"| unet lora | float32 | 300.0 | 75.0 | 4.00× | {recipe.fine.lora_steps} |" in table
+    assert "jittor float32 50000 MiB; diffusers float32 7000 MiB" in table
+    assert "float16 |" not in table.split("| one style")[1].split("SDEdit")[0]  # no float16 training measured
     assert "| 6000 | 576 float16[2,256,768,768] |" in table
     float32_unet = next(line for line in table.splitlines() if line.startswith("| UNet step") and "float32" in line)
     assert float32_unet.count("–") == 5
@@ -49,7 +54,7 @@ def test_ratios_minutes_and_missing_values(tmp_path):
 def test_sum_is_open_while_a_part_is_missing(tmp_path):
     rows = lines(tmp_path, [{"dtype": "float32", "textual_inversion_ms": 240.0, "unet_lora_ms": 300.0,
                              "text_encoder_lora_ms": 120.0, "peak_gpu_mb": 1.0, "device": CARD}])
-    assert "| **sum** | | | | **–** |" in report(rows)
+    assert "| **one style, ours (float32 training)** | | | | | | **–** | |" in report(rows)
 
 
 def test_missing_results_file_is_named(tmp_path, monkeypatch, capsys):
@@ -83,10 +88,12 @@ echo "{{\\"script\\": \\"$1\\", \\"args\\": \\"${{*:2}}\\"}}"
     assert run.returncode == 0, run.stderr
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     scripts = [r["script"] for r in rows]
-    assert scripts[:4] == ["bench/unet_step.py"] * 4 and scripts.count("bench/train_step.py") == 3
+    assert scripts[:4] == ["bench/unet_step.py"] * 4 and scripts.count("bench/train_step.py") == 6
     assert "--steps 1" not in rows[0]["args"]  # the untimed warm-up process is not a result
     assert {r["args"].split("--impl ")[1].split()[0] for r in rows[:4]} == {"jittor", "diffusers"}
-    assert len(rows) == 12 and run.stdout.rstrip().endswith("|")  # the table printed last
+    train = [r["args"] for r in rows if r["script"] == "bench/train_step.py" and "--memory" not in r["args"]]
+    assert sum("--impl diffusers" in args for args in train) == 2  # each dtype's baseline in the same run
+    assert len(rows) == 15 and run.stdout.rstrip().endswith("|")  # the table printed last
     before = results.read_text()
     again = subprocess.run(["bash", str(root / "bench" / "run.sh"), str(results)], env=env, capture_output=True,
                            text=True, cwd=tmp_path)
