@@ -3,8 +3,9 @@
 Jittor reads its compiler flags from environment variables when it is first imported, so
 ``styleblend/__init__.py`` calls :func:`configure` before any module imports ``jittor``.
 
-* CPU (the default here and in CI): no CUDA, no MKL download (``use_mkl=0``), ``nvcc_path`` empty so a
-  stray ``nvcc`` on the PATH cannot make Jittor look for CUDA libraries.
+* CPU (the default here and in CI): no CUDA; oneDNN from its wheels where installed (``use_mkl=1``,
+  :mod:`styleblend.onednn`), else none and no download (``use_mkl=0``); ``nvcc_path`` empty so a stray ``nvcc``
+  on the PATH cannot make Jittor look for CUDA libraries.
 * GPU (``STYLEBLEND_DEVICE=cuda``): ``nvcc_path`` from ``$CUDA_HOME``, and the CUDA 13 settings measured on
   H100/H200 (``use_cutt=0 use_cutlass=0 use_nccl=0``). Run ``make gpu-setup`` once on such a machine first
   (see ``styleblend/gpu_setup.py``).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import jit_compile
+from . import jit_compile, onednn
 
 CPU_FLAGS = {"use_mkl": "0", "nvcc_path": "", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
 GPU_FLAGS = {"use_mkl": "0", "use_cutt": "0", "use_cutlass": "0", "use_nccl": "0", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
@@ -35,6 +36,8 @@ def configure() -> None:
         return
     flags = dict(GPU_FLAGS) if wants_gpu() else dict(CPU_FLAGS)
     flags.update(jit_compile.flags())
+    if not wants_gpu() and os.environ.get("use_mkl", "1") == "1" and onednn.provide():
+        flags["use_mkl"] = "1"
     if wants_gpu():
         cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
         flags["nvcc_path"] = os.path.join(cuda_home, "bin", "nvcc")

@@ -59,3 +59,33 @@ def test_the_toy_models_recipe_follows_its_size(tmp_path, monkeypatch):
     monkeypatch.setattr(loading, "TOY_MODEL", tmp_path / "absent")
     with pytest.raises(ModelLoadError, match="toy model is not in this checkout.*pretrain-toy"):
         loading.resolve_model("toy")
+
+
+def test_the_committed_toy_model_is_what_the_config_trains():
+    """One place for the toy model's recipe: the committed weights' curves record the config they were trained with."""
+    from dataclasses import asdict
+    from styleblend.sd.loading import resolve_model
+
+    curves = json.loads((resolve_model("toy") / "training_curves.json").read_text())
+    assert curves["config"] == asdict(PretrainConfig.load())
+    assert len(curves["denoiser"]) == curves["config"]["denoiser_steps"]
+    assert np.mean(curves["denoiser"][-100:]) < 0.5 * np.mean(curves["denoiser"][:100])
+
+
+def test_the_toy_model_paints_the_prompts_colours():
+    """The pretrained toy model follows its prompt: the named background fills the border, the object's colour the
+    centre (random weights paint neither)."""
+    from styleblend.sd.loading import resolve_model
+    from styleblend.sd.sampling import text_to_image
+
+    sd = load_sd(resolve_model("toy"))
+    prompts = ["A red fish on a blue background.", "A green star on a white background.",
+               "A yellow house on a black background."]
+    images = [np.asarray(im, dtype=np.float32) / 255 for im in
+              text_to_image(sd, prompts, steps=20, guidance=4.0, height=64, width=64, seed=0)]
+    border = [np.concatenate([im[:4].reshape(-1, 3), im[-4:].reshape(-1, 3)]).mean(0) for im in images]
+    # the object: the pixels far from the background's colour (objects sit anywhere, at any size)
+    thing = [im[np.abs(im - b).sum(-1) > 0.6].mean(0) for im, b in zip(images, border)]
+    assert border[0][2] > border[0][0] + 0.3 and thing[0][0] > thing[0][2] + 0.2   # blue around, a red thing
+    assert border[1].min() > 0.75 and thing[1][1] > thing[1][0] + 0.1              # white around, a green thing
+    assert border[2].max() < 0.25 and thing[2][:2].min() > thing[2][2] + 0.2        # black around, a yellow thing
