@@ -3,7 +3,6 @@ its convolutions and matrix products run through it."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
