@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from styleblend_image import B_IMAGES_PER_STYLE
+from train_step import TRAININGS, recipe_steps
 
 from styleblend.config import load_recipe
-
-TRAININGS = ["textual_inversion", "unet_lora", "text_encoder_lora"]
 
 
 def read(path: Path) -> List[dict]:
@@ -68,26 +67,24 @@ def training(rows: List[dict]) -> str:
     """Minutes of one style with the default recipe: the three trainings' steps, ours beside diffusers' in each
     dtype measured, and the SDEdit data."""
     recipe = load_recipe()
-    steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
-             "text_encoder_lora": recipe.coarse.steps}
+    steps = recipe_steps(recipe)
 
     def run(impl: str, dtype: str) -> Optional[dict]:
         found = [r for r in rows if r.get("impl", "jittor") == impl and r.get("dtype") == dtype
                  and not r.get("memory") and not r.get("staged") and all(f"{k}_ms" in r for k in TRAININGS)]
         return found[-1] if found else None
 
+    runs = {(impl, dtype): run(impl, dtype) for impl in ("jittor", "diffusers") for dtype in ("float32", "float16")}
+    dtypes = [d for d in ("float32", "float16") if runs["jittor", d] or runs["diffusers", d]]
     out = ["| one style, default recipe | dtype | ours ms / step | diffusers ms / step | ratio | steps | "
            "ours minutes | diffusers minutes |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    totals = {}
-    for dtype in ("float32", "float16"):
-        ours, base = run("jittor", dtype), run("diffusers", dtype)
-        if ours is None and base is None:
-            continue
+    for dtype in dtypes:
+        ours, base = runs["jittor", dtype], runs["diffusers", dtype]
         for name in TRAININGS:
-            out.append(f"| {name.replace('_', ' ')} | {dtype} | {num(ours, f'{name}_ms')} | {num(base, f'{name}_ms')} | "
-                       f"{ratio(ours, base, f'{name}_ms')} | {steps[name]} | {minutes(ours, name, steps)} | "
+            key = f"{name}_ms"
+            out.append(f"| {name.replace('_', ' ')} | {dtype} | {num(ours, key)} | {num(base, key)} | "
+                       f"{ratio(ours, base, key)} | {steps[name]} | {minutes(ours, name, steps)} | "
                        f"{minutes(base, name, steps)} |")
-        totals[dtype] = ours
     table = pick(rows, **{"textual_inversion_table_finite": True})
     if table is not None:
         out.append(f"| (ours: textual inversion on the whole token table, as the original and diffusers) | "
@@ -96,13 +93,13 @@ def training(rows: List[dict]) -> str:
     sd_min = None if sdedit is None else sdedit["sdedit_minutes"]
     out.append(f"| SDEdit data ({recipe.sdedit.candidates} candidates × {B_IMAGES_PER_STYLE} images) | "
                f"{sdedit['dtype'] if sdedit else '–'} | | | | | {'–' if sd_min is None else sd_min} | |")
-    for dtype, ours in totals.items():  # open ("–") while a part is missing
-        total = None if ours is None or sd_min is None else (
-            sd_min + sum(ours[f"{k}_ms"] * n for k, n in steps.items()) / 60000)
-        out.append(f"| **one style, ours ({dtype} training)** | | | | | | **{'–' if total is None else f'{total:.1f}'}**"
-                   " | |")
-    peaks = [f"{impl} {dtype} {r['peak_gpu_mb']:.0f} MiB" for dtype in ("float32", "float16")
-             for impl in ("jittor", "diffusers") if (r := run(impl, dtype)) is not None]
+    for dtype in dtypes:  # open ("–") while a part is missing
+        ours = runs["jittor", dtype]
+        total = "–" if ours is None or sd_min is None else \
+            f"{sd_min + sum(ours[f'{k}_ms'] * n for k, n in steps.items()) / 60000:.1f}"
+        out.append(f"| **one style, ours ({dtype} training)** | | | | | | **{total}** | |")
+    peaks = [f"{impl} {dtype} {r['peak_gpu_mb']:.0f} MiB" for dtype in dtypes for impl in ("jittor", "diffusers")
+             if (r := runs[impl, dtype]) is not None]
     if peaks:
         out.append("\nTraining process peak (nvidia-smi): " + "; ".join(peaks) + ".")
     return "\n".join(out)

@@ -26,11 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from unet_step import CONFIG, GpuPeak, gpu_name, jittor_memory, levers
+from unet_step import CONFIG, GpuPeak, diffusers_config, gpu_name, jittor_memory, levers
 
 from styleblend.config import load_recipe
 
 TRAININGS = ["textual_inversion", "unet_lora", "text_encoder_lora"]
+
+
+def recipe_steps(recipe) -> dict:
+    """Each training's step count in ``recipe``: what one style costs is these times the ms a step."""
+    return {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
+            "text_encoder_lora": recipe.coarse.steps}
 # textual inversion as the original trains it: AdamW on the whole token table (the package trains the one row,
 # `CLIPTextModel.trainable_row`; the same update). Only with --only: it is the measurement of what that saves.
 WHOLE_TABLE = "textual_inversion_table"
@@ -201,12 +207,6 @@ def bench_diffusers(a) -> dict:
     return result
 
 
-def diffusers_config(folder: Path) -> dict:
-    """A model folder's config.json (or scheduler_config.json) without diffusers' private ``_`` keys."""
-    path = next(folder.glob("*config.json"))
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
-
-
 def torch_lora(model, targets, rank: int, alpha: float) -> list:
     """LoRA on every linear layer of ``model`` whose name ends with one of ``targets`` (what peft's LoraConfig
     with ``target_modules`` does): float32 down/up weights beside the frozen layer; returns the new weights."""
@@ -254,9 +254,7 @@ def main() -> None:
     a = p.parse_args()
     result = bench_jittor(a) if a.impl == "jittor" else bench_diffusers(a)
     result["device"] = gpu_name()
-    recipe = load_recipe()
-    steps = {"textual_inversion": recipe.fine.ti_steps, "unet_lora": recipe.fine.lora_steps,
-             "text_encoder_lora": recipe.coarse.steps}
+    steps = recipe_steps(load_recipe())
     if all(f"{k}_ms" in result for k in TRAININGS):
         result["training_minutes"] = round(sum(result[f"{k}_ms"] * n for k, n in steps.items()) / 60000, 1)
     print(json.dumps(result))

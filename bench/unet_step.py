@@ -90,6 +90,12 @@ class GpuPeak:
         self._t.join()
 
 
+def diffusers_config(folder: Path) -> dict:
+    """A model folder's config.json (or scheduler_config.json) without diffusers' private ``_`` keys."""
+    path = next(folder.glob("*config.json"))
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
 def bench_jittor(dtype: str, batch: int, latent: int, steps: int) -> float:
     import numpy as np
 
@@ -119,7 +125,7 @@ def bench_diffusers(dtype: str, batch: int, latent: int, steps: int) -> float:
     import torch
     from diffusers import UNet2DConditionModel
 
-    cfg = {k: v for k, v in json.loads(CONFIG.read_text()).items() if not k.startswith("_")}
+    cfg = diffusers_config(CONFIG.parent)
     tdtype = getattr(torch, dtype)
     unet = UNet2DConditionModel.from_config(cfg).to("cuda", tdtype).eval()
     x = torch.randn(batch, cfg["in_channels"], latent, latent, device="cuda", dtype=tdtype)
