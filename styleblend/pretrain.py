@@ -5,6 +5,8 @@ block layout, so StyleBlend's 16 self-attention layers exist, with small widths;
 Every number is in ``configs/toy/pretrain.yaml``; the same file and seed give the same model up to the
 device's floating-point noise. :func:`pretrain_toy` writes a diffusers-layout folder that
 :func:`styleblend.sd.loading.load_sd` reads like any SD 2.x folder, and ``training_curves.json`` beside it.
+A pretraining saves its progress as it goes (:class:`SavedProgress`): an interrupted one, rerun, goes on where it
+stopped and ends with the model an uninterrupted run makes.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 
@@ -22,13 +24,14 @@ from .backend import jt
 
 from .config import CONFIG_DIR
 from .errors import ConfigError, ModelLoadError
-from .io import load_yaml, save_safetensors, write_atomic
+from .io import load_safetensors, load_safetensors_metadata, load_yaml, save_safetensors, write_atomic
 from .sd.loading import CONFIG_FILES, MODELS, load_sd, write_clip_vocab, write_random_sd
 from .sd.sampling import encode_prompt, latent_factor, to_tensor
 from .toyworld import pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
+SAVE_EVERY = 200  # steps between two saves of a pretraining's progress (a few seconds of a GPU's time each)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def vae_loss(vae, images: jt.Var, eps: jt.Var, kl_weight: float) -> jt.Var:
     return jt.nn.mse_loss(recon, images) + kl_weight * kl
 
 
-def train_vae(sd, images, cfg: PretrainConfig, rng: np.random.Generator) -> List[float]:
+def train_vae(sd, images, cfg: PretrainConfig, rng: np.random.Generator, saved=None) -> List[float]:
     """The VAE on random batches of ``images``; then ``scaling_factor`` set so the UNet sees unit-variance latents."""
     def loss_at(step: int) -> jt.Var:
         batch = [images[i] for i in rng.integers(len(images), size=cfg.vae_batch)]
@@ -82,13 +85,14 @@ def train_vae(sd, images, cfg: PretrainConfig, rng: np.random.Generator) -> List
         return vae_loss(sd.vae, to_tensor(batch, cfg.size), eps, cfg.kl_weight)
 
     losses = fit(list(sd.vae.parameters()), loss_at, cfg.vae_steps, cfg.vae_lr, (0.9, 0.999), 0.0, 1e-8,
-                 desc="toy VAE")
+                 desc="toy VAE", saved=saved)
     means = np.concatenate([mean for mean, _ in encode_moments(sd, images[:256], cfg.size)])
     sd.vae.config["scaling_factor"] = float(1.0 / max(means.std(), 1e-6))
     return losses
 
 
-def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np.random.Generator) -> List[float]:
+def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np.random.Generator,
+                   saved=None) -> List[float]:
     """The text encoder and the UNet together, on the VAE's posterior samples (v-prediction, as SD 2.x)."""
     moments = encode_moments(sd, images, cfg.size)
     params = list(sd.unet.parameters()) + list(sd.text_encoder.parameters())
@@ -100,7 +104,7 @@ def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np
         return denoising_loss(sd, latents, encode_prompt(sd, texts), rng)
 
     return fit(params, loss_at, cfg.denoiser_steps, cfg.denoiser_lr, (0.9, 0.999), 1e-2, 1e-8, desc="toy denoiser",
-               lr_factor=lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.denoiser_steps))
+               lr_factor=lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.denoiser_steps), saved=saved)
 
 
 def warmup_cosine(step: int, warmup: int, steps: int) -> float:
@@ -136,8 +140,75 @@ def save_sd(sd, folder, source: Path = TOY_CONFIGS, dtype: str = "float16") -> P
     return folder
 
 
+class SavedProgress:
+    """A pretraining's progress in one file beside its output, ``<out>.partial.safetensors``: every weight of the
+    model, the running stage's AdamW moments, the stage and step, the losses so far and the random generator's
+    state, replaced atomically every :data:`SAVE_EVERY` steps and at the end of the VAE stage. The same command,
+    rerun, loads it and continues; a file saved under another config is refused, never continued."""
+
+    def __init__(self, out: Path, cfg: PretrainConfig, sd, rng: np.random.Generator):
+        self.path = out.with_name(out.name + ".partial.safetensors")
+        self.cfg, self.sd, self.rng = cfg, sd, rng
+        self.stage, self.step, self.curves, self.adam = "vae", 0, {}, {}
+        if self.path.exists():
+            self._load()
+
+    def _load(self):
+        meta = load_safetensors_metadata(self.path)
+        if json.loads(meta.get("config", "null")) != asdict(self.cfg):
+            raise ConfigError(f"{self.path}: the saved progress of a pretraining with another config; run with that "
+                              f"config to continue it, or delete the file to start afresh")
+        tensors = load_safetensors(self.path)
+        for name in MODELS:
+            getattr(self.sd, name).load_state_dict(
+                {key.split(".", 1)[1]: value for key, value in tensors.items() if key.split(".", 1)[0] == name})
+        self.adam = {key: value for key, value in tensors.items() if key.startswith("adam.")}
+        self.sd.vae.config["scaling_factor"] = float(meta["scaling_factor"])
+        self.rng.bit_generator.state = json.loads(meta["rng"])
+        self.stage, self.step, self.curves = meta["stage"], int(meta["step"]), json.loads(meta["curves"])
+
+    def save(self, stage: str, step: int, losses: List[float], optimizer=None):
+        """The model now, at ``step`` of ``stage`` with that stage's ``losses`` (and its ``optimizer``'s moments)."""
+        tensors = {f"{name}.{key}": value.numpy() for name in MODELS
+                   for key, value in getattr(self.sd, name).state_dict().items()}
+        if optimizer is not None:
+            [group] = optimizer.param_groups
+            for i, (m, v) in enumerate(zip(group["m"], group["values"])):
+                tensors[f"adam.m.{i}"], tensors[f"adam.v.{i}"] = m.numpy(), v.numpy()
+        meta = {"config": json.dumps(asdict(self.cfg)), "stage": stage, "step": str(step),
+                "curves": json.dumps(dict(self.curves, **{stage: losses})), "rng": json.dumps(self.rng.bit_generator.state),
+                "scaling_factor": repr(self.sd.vae.config["scaling_factor"])}
+        save_safetensors(self.path, tensors, meta, overwrite=True)
+
+    def of(self, stage: str) -> "_Stage":
+        """What :func:`styleblend.training.fit` needs to continue ``stage`` and to save its progress."""
+        return _Stage(self, stage)
+
+
+@dataclass
+class _Stage:
+    progress: SavedProgress
+    name: str
+
+    def restore(self, optimizer):
+        saved = self.progress
+        if saved.stage != self.name or not saved.step:
+            return 0, []
+        [group] = optimizer.param_groups
+        for i, (m, v) in enumerate(zip(group["m"], group["values"])):
+            m.assign(jt.array(saved.adam[f"adam.m.{i}"]))
+            v.assign(jt.array(saved.adam[f"adam.v.{i}"]))
+        optimizer.n_step = saved.step
+        return saved.step, list(saved.curves[self.name])
+
+    def after_step(self, done: int, losses: List[float], optimizer):
+        if done % SAVE_EVERY == 0:
+            self.progress.save(self.name, done, losses, optimizer)
+
+
 def pretrain_toy(out, config=None, smoke: bool = False, echo=print) -> Path:
-    """Pretrain the toy model and write it to ``out`` (a new folder) with ``training_curves.json``."""
+    """Pretrain the toy model and write it to ``out`` (a new folder) with ``training_curves.json``; an interrupted
+    run's saved progress (:class:`SavedProgress`) is continued."""
     out = Path(out)
     if out.exists():
         raise ModelLoadError(f"{out} already exists; not replacing it (choose another path or delete it)")
@@ -148,12 +219,19 @@ def pretrain_toy(out, config=None, smoke: bool = False, echo=print) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # the seeded initial weights
         sd = load_sd(write_random_sd(Path(scratch) / "init", configs=TOY_CONFIGS, seed=cfg.seed, dtype="float32"))
-        curves: Dict[str, List[float]] = {"vae": train_vae(sd, images, cfg, rng)}
+        saved = SavedProgress(out, cfg, sd, rng)
+        if saved.step or saved.stage != "vae":
+            echo(f"continuing {saved.path}: {saved.stage} stage, step {saved.step}")
+        if saved.stage == "vae":
+            saved.curves["vae"] = train_vae(sd, images, cfg, rng, saved.of("vae"))
+            saved.save("denoiser", 0, [])
+        curves = saved.curves
         echo(f"VAE: loss {curves['vae'][0]:.4f} -> {curves['vae'][-1]:.4f}; latent scaling factor "
              f"{sd.vae.config['scaling_factor']:.4f}")
-        curves["denoiser"] = train_denoiser(sd, images, captions, cfg, rng)
+        curves["denoiser"] = train_denoiser(sd, images, captions, cfg, rng, saved.of("denoiser"))
         echo(f"text encoder + UNet: loss {curves['denoiser'][0]:.4f} -> {curves['denoiser'][-1]:.4f}")
         save_sd(sd, out)
     text = json.dumps({"config": asdict(cfg), **curves}) + "\n"
     write_atomic(out / "training_curves.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    saved.path.unlink()
     return out

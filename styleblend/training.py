@@ -65,7 +65,7 @@ def loss_scale(sd) -> float:
 
 def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]], steps: int, lr: float, betas,
         weight_decay: float, eps: float, desc: str, lr_factor: Callable[[int], float] = lambda step: 1.0,
-        scale: float = 1.0) -> List[float]:
+        scale: float = 1.0, saved=None) -> List[float]:
     """AdamW on ``params`` for ``steps`` steps of ``loss_fn(step)``; step ``s`` uses ``lr * lr_factor(s)``.
 
     ``loss_fn`` returns the loss, or a :class:`StagedLoss` to be differentiated one stage at a time.
@@ -73,10 +73,14 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
     ``eps`` both multiplied by it is the same step, so nothing is unscaled. Returns the (unscaled) loss of every
     step. A loss or final weight that is NaN or Inf raises :class:`DivergedError` (callers save only after
     ``fit`` returns, so a diverged run keeps no checkpoint).
+
+    ``saved``: a run's saved progress to continue (:class:`styleblend.pretrain.SavedProgress`'s stages):
+    ``saved.restore(optimizer)`` loads AdamW's moments and returns the steps already done and their losses;
+    ``saved.after_step(done, losses, optimizer)`` runs after every step and saves when due.
     """
     optimizer = jt.optim.AdamW(params, lr=lr, eps=eps * scale, betas=tuple(betas), weight_decay=weight_decay)
-    losses = []
-    bar = progress(range(steps), desc=desc)
+    start, losses = saved.restore(optimizer) if saved else (0, [])
+    bar = progress(range(start, steps), desc=desc, total=steps, initial=start)
     for step in bar:
         optimizer.lr = lr * lr_factor(step)
         loss, backward_target = _backward_target(loss_fn(step), params, scale)
@@ -86,6 +90,8 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
             raise DivergedError(f"{desc}: the loss is {losses[-1]} at step {step + 1} of {steps}; nothing was "
                                 f"saved (a learning rate too high for this model? lr = {lr:g})")
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if saved:
+            saved.after_step(step + 1, losses, optimizer)
     if not all(np.isfinite(p.numpy()).all() for p in params):  # .numpy(): no new fused kernel to compile
         raise DivergedError(f"{desc}: the weights hold NaN or Inf after step {steps}; nothing was saved "
                             f"(a learning rate too high for this model? lr = {lr:g})")

@@ -24,6 +24,59 @@ def test_smoke_pretraining_writes_a_loadable_model_and_its_curves(tmp_path):
         pretrain_toy(out, smoke=True)
 
 
+def test_an_interrupted_pretraining_continues_to_the_model_an_uninterrupted_one_makes(tmp_path, monkeypatch):
+    from styleblend import pretrain
+
+    monkeypatch.setattr(pretrain, "SAVE_EVERY", 2)
+    config = tmp_path / "c.yaml"
+    config.write_text("vae_steps: 3\ndenoiser_steps: 5\n")
+    whole = pretrain_toy(tmp_path / "whole", config, smoke=True, echo=lambda _: None)
+
+    real_loss, calls = pretrain.denoising_loss, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C at the denoiser's 4th step, after the save at step 2
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "denoising_loss", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_toy(out, config, smoke=True, echo=lambda _: None)
+    partial = tmp_path / "resumed.partial.safetensors"
+    assert partial.is_file() and not out.exists()
+    monkeypatch.setattr(pretrain, "denoising_loss", real_loss)
+    lines = []
+    pretrain_toy(out, config, smoke=True, echo=lines.append)
+    assert lines[0].startswith(f"continuing {partial}: denoiser stage, step 2")
+    assert not partial.exists(), "the progress file goes once the model is written"
+    assert (out / "training_curves.json").read_text() == (whole / "training_curves.json").read_text()
+    resumed, fresh = load_sd(out), load_sd(whole)
+    for name in ("vae", "unet", "text_encoder"):
+        theirs = getattr(fresh, name).state_dict()
+        for key, value in getattr(resumed, name).state_dict().items():
+            np.testing.assert_array_equal(value.numpy(), theirs[key].numpy(), err_msg=f"{name}.{key}")
+
+
+def test_saved_progress_of_another_config_is_refused_and_kept(tmp_path, monkeypatch):
+    from styleblend import pretrain
+
+    monkeypatch.setattr(pretrain, "SAVE_EVERY", 2)
+    real_loss = pretrain.denoising_loss
+    monkeypatch.setattr(pretrain, "denoising_loss", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_toy(tmp_path / "toy", smoke=True, echo=lambda _: None)
+    partial = tmp_path / "toy.partial.safetensors"
+    before = partial.read_bytes()
+    monkeypatch.setattr(pretrain, "denoising_loss", real_loss)
+    other = tmp_path / "other.yaml"
+    other.write_text("denoiser_lr: 1.0e-3\n")
+    with pytest.raises(ConfigError, match="toy.partial.safetensors.*another config"):
+        pretrain_toy(tmp_path / "toy", other, smoke=True, echo=lambda _: None)
+    assert partial.read_bytes() == before and not (tmp_path / "toy").exists()
+
+
 def test_vae_loss_is_reconstruction_plus_kl(tmp_path):
     import jittor as jt
     from styleblend.pretrain import TOY_CONFIGS

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--data", default="data/toy", help="where (default data/toy); existing files are kept")
     world.add_argument("--seed", type=_count, default=0)
     toy = sub.add_parser("pretrain-toy", help="pretrain the toy model from scratch on the toy world (VAE, then "
-                         "text encoder + UNet; a GPU is advised)")
+                         "text encoder + UNet; a GPU is advised; rerun after an interruption, it continues from "
+                         "PATH.partial.safetensors)")
     toy.add_argument("path", help="the new model folder")
     toy.add_argument("--config", default=None, help="a YAML overriding configs/toy/pretrain.yaml's numbers")
     toy.add_argument("--smoke", action="store_true", help="a few steps (a check that it runs)")
