@@ -26,8 +26,8 @@ from .config import CONFIG_DIR
 from .errors import ConfigError, ModelLoadError
 from .io import load_safetensors, load_safetensors_metadata, load_yaml, save_safetensors, write_atomic
 from .sd.loading import CONFIG_FILES, MODELS, load_sd, write_clip_vocab, write_random_sd
-from .sd.sampling import encode_prompt, latent_factor, to_tensor
-from .toyworld import pretraining_pairs
+from .sd.sampling import latent_factor, to_tensor, token_ids
+from .toyworld import PRETRAIN_STYLES, pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
@@ -40,6 +40,7 @@ class PretrainConfig:
     seed: int
     size: int           # image side in pixels
     pairs: int          # (image, caption) pairs drawn from the toy world's pretraining styles
+    styles: tuple       # which of them (toyworld.PRETRAIN_STYLES; the held-out styles are never allowed)
     vae_steps: int
     vae_batch: int
     vae_lr: float
@@ -57,14 +58,20 @@ class PretrainConfig:
         values = dict(data["full"], **(data["smoke"] if smoke else {}))
         if path:
             values.update(load_yaml(path) or {})
+        source = path or TOY_CONFIGS / "pretrain.yaml"
         names = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ConfigError(f"{path or TOY_CONFIGS / 'pretrain.yaml'}: unknown key(s) {', '.join(unknown)}")
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+        styles = values.get("styles")
+        if not isinstance(styles, list) or not styles or set(map(str, styles)) - set(PRETRAIN_STYLES):
+            raise ConfigError(f"{source}: styles must be a list of pretraining styles ({', '.join(PRETRAIN_STYLES)}; "
+                              f"the held-out ones stay out of pretraining), not {styles!r}")
+        cast = {"float": float, "int": int, "tuple": lambda v: tuple(map(str, v))}
         try:
-            return cls(**{k: (float(v) if names[k] == "float" else int(v)) for k, v in values.items()})
+            return cls(**{k: cast[names[k]](v) for k, v in values.items()})
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{path or TOY_CONFIGS / 'pretrain.yaml'}: {exc}") from exc
+            raise ConfigError(f"{source}: {exc}") from exc
 
 
 def vae_loss(vae, images: jt.Var, eps: jt.Var, kl_weight: float) -> jt.Var:
@@ -95,13 +102,14 @@ def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np
                    saved=None) -> List[float]:
     """The text encoder and the UNet together, on the VAE's posterior samples (v-prediction, as SD 2.x)."""
     moments = encode_moments(sd, images, cfg.size)
+    ids = token_ids(sd, list(captions) + [""])  # tokenized once; a step's texts are rows of it ("" the last)
     params = list(sd.unet.parameters()) + list(sd.text_encoder.parameters())
 
     def loss_at(step: int) -> jt.Var:
         picks = rng.integers(len(images), size=cfg.denoiser_batch)
-        texts = ["" if rng.random() < cfg.caption_drop else captions[i] for i in picks]
+        rows = [len(captions) if rng.random() < cfg.caption_drop else i for i in picks]
         latents = sample_latents(sd, [moments[i] for i in picks], rng)
-        return denoising_loss(sd, latents, encode_prompt(sd, texts), rng)
+        return denoising_loss(sd, latents, sd.text_encoder(jt.array(ids[rows])), rng)
 
     return fit(params, loss_at, cfg.denoiser_steps, cfg.denoiser_lr, (0.9, 0.999), 1e-2, 1e-8, desc="toy denoiser",
                lr_factor=lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.denoiser_steps), saved=saved)
@@ -148,14 +156,14 @@ class SavedProgress:
 
     def __init__(self, out: Path, cfg: PretrainConfig, sd, rng: np.random.Generator):
         self.path = out.with_name(out.name + ".partial.safetensors")
-        self.cfg, self.sd, self.rng = cfg, sd, rng
+        self.config, self.sd, self.rng = json.dumps(asdict(cfg)), sd, rng
         self.stage, self.step, self.curves, self.adam = "vae", 0, {}, {}
         if self.path.exists():
             self._load()
 
     def _load(self):
         meta = load_safetensors_metadata(self.path)
-        if json.loads(meta.get("config", "null")) != asdict(self.cfg):
+        if meta.get("config") != self.config:
             raise ConfigError(f"{self.path}: the saved progress of a pretraining with another config; run with that "
                               f"config to continue it, or delete the file to start afresh")
         tensors = load_safetensors(self.path)
@@ -175,8 +183,9 @@ class SavedProgress:
             [group] = optimizer.param_groups
             for i, (m, v) in enumerate(zip(group["m"], group["values"])):
                 tensors[f"adam.m.{i}"], tensors[f"adam.v.{i}"] = m.numpy(), v.numpy()
-        meta = {"config": json.dumps(asdict(self.cfg)), "stage": stage, "step": str(step),
-                "curves": json.dumps(dict(self.curves, **{stage: losses})), "rng": json.dumps(self.rng.bit_generator.state),
+        meta = {"config": self.config, "stage": stage, "step": str(step),
+                "curves": json.dumps(dict(self.curves, **{stage: losses})),
+                "rng": json.dumps(self.rng.bit_generator.state),
                 "scaling_factor": repr(self.sd.vae.config["scaling_factor"])}
         save_safetensors(self.path, tensors, meta, overwrite=True)
 
@@ -214,7 +223,7 @@ def pretrain_toy(out, config=None, smoke: bool = False, echo=print) -> Path:
         raise ModelLoadError(f"{out} already exists; not replacing it (choose another path or delete it)")
     cfg = PretrainConfig.load(config, smoke)
     rng = np.random.default_rng(cfg.seed)
-    pairs = pretraining_pairs(cfg.pairs, cfg.seed, cfg.size)
+    pairs = pretraining_pairs(cfg.pairs, cfg.seed, cfg.size, cfg.styles)
     images, captions = [image for image, _ in pairs], [caption for _, caption in pairs]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # the seeded initial weights

@@ -22,7 +22,8 @@ import sys
 from . import jit_compile, onednn
 
 CPU_FLAGS = {"use_mkl": "0", "nvcc_path": "", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
-GPU_FLAGS = {"use_mkl": "0", "use_cutt": "0", "use_cutlass": "0", "use_nccl": "0", "FIX_TORCH_ERROR": "0", "log_silent": "1"}
+GPU_FLAGS = {"use_mkl": "0", "use_cutt": "0", "use_cutlass": "0", "use_nccl": "0", "FIX_TORCH_ERROR": "0",
+             "log_silent": "1"}
 
 
 def wants_gpu() -> bool:

@@ -39,7 +39,8 @@ class JudgeConfig:
     lr: float = 2e-3
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """The cache key: these settings and the world's labels (a world with another style draws another judge)."""
+        return hashlib.sha1(json.dumps([asdict(self), HEADS], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _torch():

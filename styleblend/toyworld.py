@@ -29,7 +29,9 @@ COLOURS: Dict[str, Colour] = {
     "white": (245, 245, 245), "grey": (140, 140, 140),
 }
 OBJECTS = ("circle", "square", "triangle", "star", "house", "tree", "fish", "cup", "sun", "boat")
-PRETRAIN_STYLES = ("flat", "outline", "pixel")
+# Pretraining has textures of its own (axis-aligned bands and grids, checks, random speckles), so the VAE and the
+# denoiser learn to draw texture at all; the held-out styles' diagonals, dot grids, hatching and wash stay unseen.
+PRETRAIN_STYLES = ("flat", "outline", "pixel", "bands", "grid", "checker", "speckle")
 HELD_OUT_STYLES = ("stripes", "dots", "hatch", "wash")
 STYLES = PRETRAIN_STYLES + HELD_OUT_STYLES
 MARKER = "toyworld.json"  # in a style set's root: its styles are the toy world's (evaluate adds the toy terms)
@@ -113,6 +115,10 @@ def _lighter(colour: Colour, amount: float = 0.55) -> Colour:
     return tuple(int(c + (255 - c) * amount) for c in colour)
 
 
+def _darker(colour: Colour, amount: float = 0.45) -> Colour:
+    return tuple(int(c * (1 - amount)) for c in colour)
+
+
 def _pattern(size: int, draw_fn: Callable[[ImageDraw.ImageDraw], None], background: Colour) -> Image.Image:
     image = Image.new("RGB", (size, size), background)
     draw_fn(ImageDraw.Draw(image))
@@ -169,6 +175,48 @@ def _hatch(scene, size, fg, bg, m):
     return image
 
 
+def _bands(scene, size, fg, bg, m):
+    step = max(4, size // 8)
+
+    def bands(draw, colour):
+        for k in range(0, size, step):
+            draw.rectangle([0, k, size, k + step // 2 - 1], fill=colour)
+    inside = _pattern(size, lambda d: bands(d, fg), _lighter(fg, 0.4))
+    outside = _pattern(size, lambda d: bands(d, _lighter(bg, 0.3)), bg)
+    return Image.composite(inside, outside, m)
+
+
+def _grid(scene, size, fg, bg, m):
+    step = max(4, size // 9)
+
+    def grid(draw, colour):
+        for k in range(step // 2, size, step):
+            draw.line([(k, 0), (k, size)], fill=colour, width=1)
+            draw.line([(0, k), (size, k)], fill=colour, width=1)
+    inside = _pattern(size, lambda d: grid(d, _darker(fg)), fg)
+    outside = _pattern(size, lambda d: grid(d, _lighter(bg, 0.5)), bg)
+    return Image.composite(inside, outside, m)
+
+
+def _checker(scene, size, fg, bg, m):
+    cell = max(2, size // 16)
+    ij = np.indices((size, size)) // cell
+    checks = Image.fromarray(((ij[0] + ij[1]) % 2 * 255).astype(np.uint8), "L")
+    inside = Image.composite(Image.new("RGB", (size, size), fg), Image.new("RGB", (size, size), _lighter(fg)), checks)
+    outside = Image.composite(Image.new("RGB", (size, size), bg), Image.new("RGB", (size, size), _lighter(bg, 0.3)),
+                              checks)
+    return Image.composite(inside, outside, m)
+
+
+def _speckle(scene, size, fg, bg, m):
+    rng = np.random.default_rng(int(scene.x * 1e6) ^ int(scene.y * 1e6))  # the same scene, the same speckles
+    noise = Image.fromarray(((rng.random((size, size)) < 0.25) * 255).astype(np.uint8), "L")
+    inside = Image.composite(Image.new("RGB", (size, size), _darker(fg)), Image.new("RGB", (size, size), fg), noise)
+    outside = Image.composite(Image.new("RGB", (size, size), _lighter(bg, 0.35)), Image.new("RGB", (size, size), bg),
+                              noise)
+    return Image.composite(inside, outside, m)
+
+
 def _pixel(scene, size, fg, bg, m):
     small = max(4, size // 8)
     return _flat(scene, size, fg, bg, m).resize((small, small), Image.BILINEAR).resize((size, size), Image.NEAREST)
@@ -181,7 +229,7 @@ def _wash(scene, size, fg, bg, m):
 
 
 RENDERERS = {"flat": _flat, "outline": _outline, "stripes": _stripes, "dots": _dots, "hatch": _hatch,
-             "pixel": _pixel, "wash": _wash}
+             "pixel": _pixel, "wash": _wash, "bands": _bands, "grid": _grid, "checker": _checker, "speckle": _speckle}
 
 
 def draw(scene: Scene, style: str, size: int = 64) -> Image.Image:
@@ -191,14 +239,15 @@ def draw(scene: Scene, style: str, size: int = 64) -> Image.Image:
     return RENDERERS[style](scene, size, COLOURS[scene.colour], COLOURS[scene.background], mask(scene, size))
 
 
-def pretraining_pairs(count: int, seed: int, size: int = 64) -> List[Tuple[Image.Image, str]]:
-    """``count`` (image, text) pairs in the pretraining styles: "A red fish on a blue background, flat.",
+def pretraining_pairs(count: int, seed: int, size: int = 64,
+                      styles: Sequence[str] = PRETRAIN_STYLES) -> List[Tuple[Image.Image, str]]:
+    """``count`` (image, text) pairs in pretraining ``styles``: "A red fish on a blue background, flat.",
     "A red fish in the style of pixel.", "A red fish on a blue background." (the background is named 3 times in 4)."""
     rng = np.random.default_rng(seed)
     templates, weights = list(PRETRAIN_TEXTS), list(PRETRAIN_TEXTS.values())
     pairs = []
     for _ in range(count):
-        scene, style = sample_scene(rng), PRETRAIN_STYLES[rng.integers(len(PRETRAIN_STYLES))]
+        scene, style = sample_scene(rng), styles[rng.integers(len(styles))]
         template = templates[rng.choice(len(templates), p=weights)]
         caption = scene.caption if rng.random() < 0.75 else scene.subject
         pairs.append((draw(scene, style, size), format_prompt(template, caption=caption, style=style)))

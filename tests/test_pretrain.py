@@ -97,6 +97,9 @@ def test_bad_pretraining_config_names_the_file(tmp_path):
     bad.write_text("vae_stpes: 3\n")
     with pytest.raises(ConfigError, match="bad.yaml.*vae_stpes"):
         PretrainConfig.load(bad)
+    bad.write_text("styles: [flat, dots]\n")
+    with pytest.raises(ConfigError, match="bad.yaml: styles .*held-out"):
+        PretrainConfig.load(bad)
 
 
 def test_the_toy_models_recipe_follows_its_size(tmp_path, monkeypatch):
@@ -120,7 +123,7 @@ def test_the_committed_toy_model_is_what_the_config_trains():
     from styleblend.sd.loading import resolve_model
 
     curves = json.loads((resolve_model("toy") / "training_curves.json").read_text())
-    assert curves["config"] == asdict(PretrainConfig.load())
+    assert curves["config"] == json.loads(json.dumps(asdict(PretrainConfig.load())))
     assert len(curves["denoiser"]) == curves["config"]["denoiser_steps"]
     assert np.mean(curves["denoiser"][-100:]) < 0.5 * np.mean(curves["denoiser"][:100])
 

@@ -27,6 +27,14 @@ def test_the_judge_knows_the_held_out_styles(judge_net):
     assert np.mean([accuracy[s]["colour"] for s in ("stripes", "dots", "hatch")]) > 0.8
 
 
+def test_a_judge_cached_for_another_world_is_not_reused(monkeypatch):
+    from styleblend import toyjudge
+
+    before = toyjudge.JudgeConfig().key()
+    monkeypatch.setitem(toyjudge.HEADS, "style", STYLES + ("zigzag",))
+    assert toyjudge.JudgeConfig().key() != before
+
+
 @pytest.mark.parametrize("style", ["stripes", "dots", "hatch"])
 def test_texture_tells_the_styles_apart(style):
     """Other scenes in the same style correlate > 0.8; every other style at least 0.3 less (a wash is a blurred

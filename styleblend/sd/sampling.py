@@ -32,17 +32,19 @@ def latent_factor(sd) -> int:
 
 
 def encode_prompt(sd, prompts: List[str], text_encoder=None) -> jt.Var:
-    """Text embeddings ``[B, 77, D]`` of ``prompts`` (by ``text_encoder`` if given, else ``sd.text_encoder``).
+    """Text embeddings ``[B, 77, D]`` of ``prompts`` (by ``text_encoder`` if given, else ``sd.text_encoder``)."""
+    return (text_encoder or sd.text_encoder)(jt.array(token_ids(sd, prompts)))
 
-    Prompts are padded to 77 tokens; a longer one is truncated with a warning that names it.
-    """
+
+def token_ids(sd, prompts: List[str]) -> np.ndarray:
+    """The CLIP token ids ``[B, 77]`` (int32) of ``prompts``, padded to 77 tokens; a longer prompt is truncated
+    with a warning that names it. Tokenizing costs host time: a training loop over fixed captions calls it once."""
     for prompt in prompts:
         if len(sd.tokenizer(prompt).input_ids) > MAX_TOKENS:
             warnings.warn(f"prompt {prompt[:60]!r}... is longer than {MAX_TOKENS} tokens and was truncated",
-                          stacklevel=2)
-    ids = sd.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
-                       return_tensors="np").input_ids
-    return (text_encoder or sd.text_encoder)(jt.array(ids.astype(np.int32)))
+                          stacklevel=3)
+    return sd.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="np").input_ids.astype(np.int32)
 
 
 def initial_latents(seed: int, batch: int, height: int, width: int, channels: int = 4,
