@@ -39,8 +39,13 @@ class JudgeConfig:
     lr: float = 2e-3
 
     def key(self) -> str:
-        """The cache key: these settings and the world's labels (a world with another style draws another judge)."""
-        return hashlib.sha1(json.dumps([asdict(self), HEADS], sort_keys=True).encode()).hexdigest()[:12]
+        """The cache key: these settings, the world's labels and one drawing in every style, so a judge cached
+        before the world changed (a style added, a texture redrawn) is never used."""
+        digest = hashlib.sha1(json.dumps([asdict(self), HEADS], sort_keys=True).encode())
+        scene = sample_scene(np.random.default_rng(0))
+        for style in STYLES:
+            digest.update(draw(scene, style, self.draw_size).tobytes())
+        return digest.hexdigest()[:12]
 
 
 def _torch():

@@ -31,6 +31,8 @@ COLOURS: Dict[str, Colour] = {
 OBJECTS = ("circle", "square", "triangle", "star", "house", "tree", "fish", "cup", "sun", "boat")
 # Pretraining has textures of its own (axis-aligned bands and grids, checks, random speckles), so the VAE and the
 # denoiser learn to draw texture at all; the held-out styles' diagonals, dot grids, hatching and wash stay unseen.
+# Every regular texture repeats every 8 pixels or more, so it stays visible in a 64² picture and spans at least two
+# cells of the toy VAE's 16² latents.
 PRETRAIN_STYLES = ("flat", "outline", "pixel", "bands", "grid", "checker", "speckle")
 HELD_OUT_STYLES = ("stripes", "dots", "hatch", "wash")
 STYLES = PRETRAIN_STYLES + HELD_OUT_STYLES
@@ -138,7 +140,7 @@ def _outline(scene, size, fg, bg, m):
 
 
 def _stripes(scene, size, fg, bg, m):
-    step = max(4, size // 10)
+    step = max(8, size // 5)
 
     def lines(draw, colour):
         for k in range(-size, 2 * size, step):
@@ -149,7 +151,7 @@ def _stripes(scene, size, fg, bg, m):
 
 
 def _dots(scene, size, fg, bg, m):
-    step, rad = max(4, size // 12), max(1, size // 40)
+    step, rad = max(8, size // 8), max(2, size // 24)
 
     def dots(draw, colour, offset):
         for i in range(offset, size, step):
@@ -161,12 +163,12 @@ def _dots(scene, size, fg, bg, m):
 
 
 def _hatch(scene, size, fg, bg, m):
-    step = max(3, size // 14)
+    step, width = max(8, size // 6), max(1, size // 32)
 
     def hatch(draw, colour):
         for k in range(-size, 2 * size, step):
-            draw.line([(k, 0), (k + size, size)], fill=colour, width=1)
-            draw.line([(k, size), (k + size, 0)], fill=colour, width=1)
+            draw.line([(k, 0), (k + size, size)], fill=colour, width=width)
+            draw.line([(k, size), (k + size, 0)], fill=colour, width=width)
     paper = (247, 242, 228)
     inside = _pattern(size, lambda d: hatch(d, fg), paper)
     outside = _pattern(size, lambda d: None, paper)
