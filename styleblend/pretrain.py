@@ -31,7 +31,7 @@ from .toyworld import PRETRAIN_STYLES, pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
-SAVE_EVERY = 200  # steps between two saves of a pretraining's progress (a few seconds of a GPU's time each)
+SAVE_EVERY = 200  # steps between two saves of a pretraining's progress (about 76 MB each for the toy model)
 
 
 @dataclass
@@ -196,6 +196,7 @@ class SavedProgress:
 
 @dataclass
 class _Stage:
+    """One stage of a :class:`SavedProgress`, as :func:`styleblend.training.fit` uses it."""
     progress: SavedProgress
     name: str
 
