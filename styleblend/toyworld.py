@@ -204,18 +204,14 @@ def _checker(scene, size, fg, bg, m):
     cell = max(2, size // 16)
     ij = np.indices((size, size)) // cell
     checks = Image.fromarray(((ij[0] + ij[1]) % 2 * 255).astype(np.uint8), "L")
-    inside = Image.composite(Image.new("RGB", (size, size), fg), Image.new("RGB", (size, size), _lighter(fg)), checks)
-    outside = Image.composite(Image.new("RGB", (size, size), bg), Image.new("RGB", (size, size), _lighter(bg, 0.3)),
-                              checks)
+    inside, outside = _flat(scene, size, fg, _lighter(fg), checks), _flat(scene, size, bg, _lighter(bg, 0.3), checks)
     return Image.composite(inside, outside, m)
 
 
 def _speckle(scene, size, fg, bg, m):
     rng = np.random.default_rng(int(scene.x * 1e6) ^ int(scene.y * 1e6))  # the same scene, the same speckles
     noise = Image.fromarray(((rng.random((size, size)) < 0.25) * 255).astype(np.uint8), "L")
-    inside = Image.composite(Image.new("RGB", (size, size), _darker(fg)), Image.new("RGB", (size, size), fg), noise)
-    outside = Image.composite(Image.new("RGB", (size, size), _lighter(bg, 0.35)), Image.new("RGB", (size, size), bg),
-                              noise)
+    inside, outside = _flat(scene, size, _darker(fg), fg, noise), _flat(scene, size, _lighter(bg, 0.35), bg, noise)
     return Image.composite(inside, outside, m)
 
 

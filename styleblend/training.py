@@ -72,7 +72,7 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
     ``scale`` (:func:`loss_scale`) multiplies the loss before the backward pass; AdamW's step with gradients and
     ``eps`` both multiplied by it is the same step, so nothing is unscaled. Returns the (unscaled) loss of every
     step. A loss or final weight that is NaN or Inf raises :class:`DivergedError` (callers save only after
-    ``fit`` returns, so a diverged run keeps no checkpoint).
+    ``fit`` returns, so a diverged run keeps no checkpoint; saved progress holds only steps before the NaN).
 
     ``saved``: a run's saved progress to continue (:class:`styleblend.pretrain.SavedProgress`'s stages):
     ``saved.restore(optimizer)`` loads AdamW's moments and returns the steps already done and their losses;

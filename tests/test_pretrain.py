@@ -64,7 +64,11 @@ def test_saved_progress_of_another_config_is_refused_and_kept(tmp_path, monkeypa
 
     monkeypatch.setattr(pretrain, "SAVE_EVERY", 2)
     real_loss = pretrain.denoising_loss
-    monkeypatch.setattr(pretrain, "denoising_loss", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    def interrupted(*args, **kwargs):  # Ctrl-C at the denoiser's first step, after the VAE stage's save
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "denoising_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pretrain_toy(tmp_path / "toy", smoke=True, echo=lambda _: None)
     partial = tmp_path / "toy.partial.safetensors"
