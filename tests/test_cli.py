@@ -1,6 +1,9 @@
 """The command line's own rules: seeds are whole numbers ≥ 0, an error line never shares a line with a progress
-bar, and Ctrl-C ends with one line, not a traceback."""
+bar, and Ctrl-C or SIGTERM ends with one line, not a traceback, after the command's own cleanup ran."""
 import re
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +54,29 @@ def test_ctrl_c_prints_one_line_and_exits_130(bars_on, monkeypatch, capsys):
     assert cli.main(["evaluate"]) == 130
     err = capsys.readouterr().err
     assert re.search(r"(?m)^interrupted$", err) and "Traceback" not in err, repr(err)
+
+
+# a command that holds a scratch folder (as pretrain-toy and the trainings do) until it is stopped
+SCRATCH_COMMAND = ("import sys, tempfile, time\nfrom styleblend.runners import cli\n"
+                   "def slow(_args):\n    with tempfile.TemporaryDirectory(dir=sys.argv[1]):\n"
+                   "        print('started', flush=True)\n        time.sleep(600)\n"
+                   "cli._evaluate = slow\nsys.exit(cli.main(['evaluate']))")
+
+
+def test_sigterm_runs_the_commands_cleanup_and_exits_143(tmp_path):
+    """A batch system's SIGTERM (Slurm's preemption, ``timeout``) stops a command as Ctrl-C does: its ``with`` and
+    ``finally`` blocks run, so no scratch folder is left beside the user's files."""
+    proc = subprocess.Popen([sys.executable, "-c", SCRATCH_COMMAND, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started", proc.communicate()
+        assert len(list(tmp_path.iterdir())) == 1, "the command's scratch folder"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert err == "stopped by SIGTERM\n", repr(err)
+    assert list(tmp_path.iterdir()) == [], "the scratch folder was removed"

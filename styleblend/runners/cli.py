@@ -2,7 +2,8 @@
 
 Every subcommand takes the same options with the same meanings (``--set``, ``--styles``, ``--data``,
 ``--results``, ``--checkpoints``, ``--model``, ``--config``, ``--seed``, ``--force``, ``--smoke``).
-Errors print one line and exit with status 2 (the traceback only with ``--debug``).
+Errors print one line and exit with status 2 (the traceback only with ``--debug``); Ctrl-C and SIGTERM print one
+line and exit 130 or 143 after the command cleaned up (:mod:`styleblend.runners.signals`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import List, Optional
 
 from ..errors import StyleBlendError
 from .notebooks import KERNEL_RETRIES
+from .signals import stop_on_signals
 
 CHAIN = ("sdedit", "coarse", "fine", "generate", "reproduce")  # the subcommands that run stages of the chain
 
@@ -261,49 +263,55 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _dispatch(args) -> None:
+    """Run the parsed command."""
+    if args.command in CHAIN:
+        _run_stage(args)
+    elif args.command == "evaluate":
+        _evaluate(args)
+    elif args.command == "notebooks":
+        _notebooks(args)
+    elif args.command == "ablation":
+        _ablation(args)
+    elif args.command == "styles":
+        from ..data import select_styles
+        print(" ".join(select_styles(_data_root(args), _styles(args.styles))))
+    elif args.command == "merge-reports":
+        _merge_reports(args)
+    elif args.command == "warmup":
+        from ..data import select_styles
+        from .warmup import warm
+        style = select_styles(_data_root(args), _styles(args.styles))[0]
+        warm(args.set_name, _data_root(args), style, args.model, args.config, args.force)
+    elif args.command == "data":
+        from ..data import import_images
+        done = import_images(Path(args.source), Path(args.data))
+        print(f"{len(done.copied)} files copied into {args.data}, {len(done.skipped)} already there (kept)")
+    elif args.command == "write-tiny":
+        from ..sd.loading import write_tiny_sd
+        print(write_tiny_sd(args.path, seed=args.seed))
+    elif args.command == "toy-world":
+        from ..toyworld import write_style_set
+        written = write_style_set(args.data, seed=args.seed)
+        print(f"{len(written)} files written into {args.data} (existing files kept)")
+    elif args.command == "pretrain-toy":
+        from ..pretrain import pretrain_toy
+        print(pretrain_toy(args.path, args.config, args.smoke))
+    elif args.command == "write-random":
+        from ..sd.loading import write_random_sd
+        print(write_random_sd(args.path, seed=args.seed, dtype=args.dtype))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command in CHAIN:
-            _run_stage(args)
-        elif args.command == "evaluate":
-            _evaluate(args)
-        elif args.command == "notebooks":
-            _notebooks(args)
-        elif args.command == "ablation":
-            _ablation(args)
-        elif args.command == "styles":
-            from ..data import select_styles
-            print(" ".join(select_styles(_data_root(args), _styles(args.styles))))
-        elif args.command == "merge-reports":
-            _merge_reports(args)
-        elif args.command == "warmup":
-            from ..data import select_styles
-            from .warmup import warm
-            style = select_styles(_data_root(args), _styles(args.styles))[0]
-            warm(args.set_name, _data_root(args), style, args.model, args.config, args.force)
-        elif args.command == "data":
-            from ..data import import_images
-            done = import_images(Path(args.source), Path(args.data))
-            print(f"{len(done.copied)} files copied into {args.data}, {len(done.skipped)} already there (kept)")
-        elif args.command == "write-tiny":
-            from ..sd.loading import write_tiny_sd
-            print(write_tiny_sd(args.path, seed=args.seed))
-        elif args.command == "toy-world":
-            from ..toyworld import write_style_set
-            written = write_style_set(args.data, seed=args.seed)
-            print(f"{len(written)} files written into {args.data} (existing files kept)")
-        elif args.command == "pretrain-toy":
-            from ..pretrain import pretrain_toy
-            print(pretrain_toy(args.path, args.config, args.smoke))
-        elif args.command == "write-random":
-            from ..sd.loading import write_random_sd
-            print(write_random_sd(args.path, seed=args.seed, dtype=args.dtype))
+        with stop_on_signals():  # SIGTERM too runs the command's cleanup on the way out
+            _dispatch(args)
     except (StyleBlendError, FileNotFoundError) as err:
         if args.debug:
             traceback.print_exc()
         return _fail(f"error: {err}", 2)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or the notebook runner's Stopped (SIGINT/SIGTERM; status 130/143)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or Stopped (SIGINT/SIGTERM; status 130/143)
         if args.debug:
             traceback.print_exc()
         return _fail(str(stop) or "interrupted", getattr(stop, "status", 130))

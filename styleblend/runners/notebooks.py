@@ -14,26 +14,25 @@ style stops at once with a :class:`~styleblend.locks.LockedError` naming the fir
 
 SIGINT (Ctrl-C) and SIGTERM stop the runner cleanly: the running notebook's papermill process and its whole process
 tree (the Jupyter kernel included) are ended, its row is recorded as ``stopped`` (a re-run does it again), and
-:class:`Stopped` is raised; the command line prints one line and exits 130 or 143, as a shell would.
+a :class:`~styleblend.runners.signals.Stopped` is raised; the command line prints one line and exits 130 or 143, as a shell would.
 """
 from __future__ import annotations
 
 import csv
 import functools
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import psutil
 
 from .gpus import claim_gpu, gpu_env
+from .signals import Stopped, stop_on_signals
 from ..io import write_atomic
 from ..locks import style_lock
 from ..manifest import recorded_models, run_digest
@@ -50,37 +49,6 @@ KERNEL_DIED = "DeadKernelError"  # what papermill (nbclient) reports when the ke
 DIED_LOG = ".died{}.log"  # <notebook>.died<N>.log: the log of a notebook's N-th attempt whose kernel died
 STOP_GRACE = 5.0  # seconds a stopped notebook's processes get to exit after SIGTERM, before SIGKILL
 STOPPED = "stopped"  # the status of a notebook the runner was stopped in (not ok: a re-run does it again)
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM reached the runner. A KeyboardInterrupt, so nothing on the way catches it as an error;
-    ``status`` is the exit status a shell reports for that signal (128 + its number)."""
-
-    def __init__(self, signum: int, message: str = ""):
-        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
-        self.signum, self.status = signum, 128 + signum
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise :class:`Stopped` in the ``with`` block (once: a second signal while stopping is
-    ignored, so the cleanup finishes); the previous handlers come back after. Only the main thread gets signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: List[int] = []
-
-    def stop(signum, _frame):
-        if not received:
-            received.append(signum)
-            raise Stopped(signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _stop_tree(pid: int, grace: float = STOP_GRACE) -> None:
@@ -353,7 +321,7 @@ def run_notebooks(set_name: str, data_root, styles: Sequence[str], results_root,
               "output_root": outputs, "model": model or "", "recipe_file": Path(recipe).resolve() if recipe else ""}
     all_rows: List[ReportRow] = []
     header = functools.partial(report_header, model, params["results_root"], set_name, styles)
-    with _stop_on_signals():
+    with stop_on_signals():
         for style in styles:
             # the runner's lock, never the notebooks': a second runner on this style stops here, naming this one
             with style_lock(StyleCheckpoint(params["checkpoints_root"], set_name, style)):
