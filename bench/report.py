@@ -54,12 +54,13 @@ def report(rows: List[dict]) -> str:
                    f"{num(base, 'peak_gpu_mb', 0)} |")
     images = [r for r in rows if r.get("what", "").startswith("StyleBlend image")]
     for dtype in ("float16", "float32"):
-        ours, base = pick(images, impl="jittor", memory=False, dtype=dtype), pick(images, impl="diffusers", dtype=dtype)
+        ours = pick(images, impl="jittor", memory=False, dtype=dtype, allocator=False, gc=False)
+        base = pick(images, impl="diffusers", dtype=dtype)
         what = (ours or base or {}).get("what", "StyleBlend image")
         out.append(f"| {what} (s) | {dtype} | {num(ours, 'seconds', 2)} | "
                    f"{num(base, 'seconds', 2)} | {ratio(ours, base, 'seconds')} | {num(ours, 'peak_gpu_mb', 0)} | "
                    f"{num(base, 'peak_gpu_mb', 0)} |")
-    out += ["", training(rows), "", memory(rows)]
+    out += ["", training(rows), "", memory(rows), "", allocators(images)]
     return "\n".join(out) + "\n"
 
 
@@ -119,6 +120,16 @@ def memory(rows: List[dict]) -> str:
             what = r.get("what") or "training: " + ", ".join(k[:-3] for k in r if k.endswith("_ms"))
             largest = "; ".join(f"{mb} {var}" for mb, var in r["jittor_largest_vars"])
             out.append(f"| {what} | {r['dtype']} | {r['peak_gpu_mb']:.0f} | {r['jittor_live_peak_mb']} | {largest} |")
+    return "\n".join(out)
+
+
+def allocators(images: List[dict]) -> str:
+    """Our float16 image under each Jittor allocator setting bench/run.sh tried, beside the default."""
+    out = ["| Jittor allocator (our image, float16) | s / image | nvidia-smi peak (MiB) |", "|---|---:|---:|"]
+    ours = [r for r in images if r.get("impl") == "jittor" and r.get("dtype") == "float16" and not r.get("memory")]
+    for r in sorted(ours, key=lambda r: bool(r.get("allocator") or r.get("gc"))):  # the default first
+        what = r.get("allocator") or ("jt.gc() after each image" if r.get("gc") else "default")
+        out.append(f"| {what} | {num(r, 'seconds', 2)} | {num(r, 'peak_gpu_mb', 0)} |")
     return "\n".join(out)
 
 

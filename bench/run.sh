@@ -40,4 +40,10 @@ done
 step jittor bench/train_step.py --model "$model" --dtype float32 --only textual_inversion_table
 step jittor bench/styleblend_image.py --model "$model" --dtype float16 --memory --images 1
 step jittor bench/train_step.py --model "$model" --dtype float32 --memory --steps 1
+# Jittor's allocator flags (read once, when Jittor starts: one process each) and jt.gc(): what each does to the
+# image's nvidia-smi peak, against the default run above
+for flags in use_sfrl_allocator=0 use_temp_allocator=0 sfrl_large_block_size_device=1048576; do
+  step jittor bench/styleblend_image.py --model "$model" --dtype float16 --allocator "$flags"
+done
+step jittor bench/styleblend_image.py --model "$model" --dtype float16 --gc
 "${jittor[@]}" bench/report.py "$results"

@@ -9,12 +9,14 @@ Prints one JSON line. Random weights: the timing is valid, the image is noise. T
 encoders (the second stands for the coarse one; no LoRA), batch 4 = [uncond CSB, uncond FSB, cond CSB, cond FSB]
 through SDPA with the queries (CSB → FSB) and keys/values (FSB → CSB) exchanged in every self-attention layer at
 every step (an upper bound on the exchange's cost; ours exchanges in the recipe's layers and steps), no UNet LoRA
-(ours runs a rank-4 one), both branches decoded as ours does.
+(ours runs a rank-4 one), both branches decoded as ours does. --allocator / --gc: the same image under other Jittor
+allocator flags, or with the allocator's cache returned after each image (bench/run.sh sweeps them).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +29,8 @@ B_IMAGES_PER_STYLE = 3  # the B set's reference images per style (SDEdit makes c
 
 
 def jittor_images(a, recipe) -> dict:
+    # Jittor reads its allocator flags from the environment once, when it starts (before this import)
+    os.environ.update(flag.split("=", 1) for flag in a.allocator.split())
     from styleblend.runtime import start
     jt = start(0)
     jt.flags.profile_memory_enable = int(a.memory)
@@ -48,8 +52,11 @@ def jittor_images(a, recipe) -> dict:
         out = blend_sample(sd, coarse_te, "Ring", recipe.blend.params, recipe.blend, seed=i,
                            fine_token=recipe.fine.token, coarse_token=recipe.coarse.token)
         out.fsb.load()
+        if a.gc:
+            jt.gc()
 
-    result = {**timed(image, a.images), **levers()}
+    result = {**timed(image, a.images), **levers(), **({"allocator": a.allocator} if a.allocator else {}),
+              **({"gc": True} if a.gc else {})}
     if a.memory:
         result.update(jittor_memory(jt))
     if a.sdedit:
@@ -150,6 +157,10 @@ def main() -> None:
     p.add_argument("--sdedit", action="store_true", help="ours only: also time SDEdit candidates")
     p.add_argument("--memory", action="store_true", help="ours only: Jittor's memory profiler (slower): its peak "
                    "of live variables, beside nvidia-smi's peak")
+    p.add_argument("--allocator", default="", help="ours only: Jittor allocator flags for this process, "
+                   "'use_sfrl_allocator=0 ...' (what each does to nvidia-smi's peak)")
+    p.add_argument("--gc", action="store_true", help="ours only: jt.gc() after each image (returns the allocator's "
+                   "cached blocks)")
     a = p.parse_args()
     recipe = load_recipe()
     if a.resolution:

@@ -51,6 +51,24 @@ def test_ratios_minutes_and_missing_values(tmp_path):
     assert float32_unet.count("–") == 5
 
 
+def test_allocator_settings_are_a_table_of_their_own_beside_the_default(tmp_path):
+    """Runs under other Jittor allocator flags or with jt.gc() are compared with the default run, and never replace
+    it in the main table."""
+    image = "StyleBlend image 768² 30 steps"
+    base = {"impl": "jittor", "what": image, "dtype": "float16", "memory": False, "device": CARD}
+    rows = lines(tmp_path, [
+        dict(base, seconds=2.7, peak_gpu_mb=12700.0),
+        dict(base, seconds=9.9, peak_gpu_mb=7100.0, allocator="use_sfrl_allocator=0"),
+        dict(base, seconds=2.8, peak_gpu_mb=11000.0, gc=True),
+    ])
+    table = report(rows)
+    main = next(line for line in table.splitlines() if line.startswith(f"| {image} (s) | float16"))
+    assert "| 2.70 |" in main and "| 12700 |" in main
+    assert "| default | 2.70 | 12700 |" in table
+    assert "| use_sfrl_allocator=0 | 9.90 | 7100 |" in table
+    assert "| jt.gc() after each image | 2.80 | 11000 |" in table
+
+
 def test_sum_is_open_while_a_part_is_missing(tmp_path):
     rows = lines(tmp_path, [{"dtype": "float32", "textual_inversion_ms": 240.0, "unet_lora_ms": 300.0,
                              "text_encoder_lora_ms": 120.0, "peak_gpu_mb": 1.0, "device": CARD}])
@@ -93,7 +111,9 @@ echo "{{\\"script\\": \\"$1\\", \\"args\\": \\"${{*:2}}\\"}}"
     assert {r["args"].split("--impl ")[1].split()[0] for r in rows[:4]} == {"jittor", "diffusers"}
     train = [r["args"] for r in rows if r["script"] == "bench/train_step.py" and "--memory" not in r["args"]]
     assert sum("--impl diffusers" in args for args in train) == 2  # each dtype's baseline in the same run
-    assert len(rows) == 15 and run.stdout.rstrip().endswith("|")  # the table printed last
+    swept = [r["args"] for r in rows if r["script"] == "bench/styleblend_image.py" and "--allocator " in r["args"]]
+    assert len(set(swept)) == len(swept) >= 2 and "--gc" in rows[-1]["args"]  # each flag in its own process
+    assert len(rows) == 15 + len(swept) + 1 and run.stdout.rstrip().endswith("|")  # the table printed last
     before = results.read_text()
     again = subprocess.run(["bash", str(root / "bench" / "run.sh"), str(results)], env=env, capture_output=True,
                            text=True, cwd=tmp_path)
