@@ -31,6 +31,7 @@ from .toyworld import PRETRAIN_STYLES, pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
+ENCODE_BATCH = 256  # pictures a VAE call when encoding the pairs (on a GPU a 64² picture a call is all overhead)
 SAVE_EVERY = 200  # steps between two saves of a pretraining's progress (about 76 MB each for the toy model)
 
 
@@ -93,7 +94,7 @@ def train_vae(sd, images, cfg: PretrainConfig, rng: np.random.Generator, saved=N
 
     losses = fit(list(sd.vae.parameters()), loss_at, cfg.vae_steps, cfg.vae_lr, (0.9, 0.999), 0.0, 1e-8,
                  desc="toy VAE", saved=saved)
-    means = np.concatenate([mean for mean, _ in encode_moments(sd, images[:256], cfg.size)])
+    means = np.concatenate([mean for mean, _ in encode_moments(sd, images[:256], cfg.size, batch=ENCODE_BATCH)])
     sd.vae.config["scaling_factor"] = float(1.0 / max(means.std(), 1e-6))
     return losses
 
@@ -101,7 +102,7 @@ def train_vae(sd, images, cfg: PretrainConfig, rng: np.random.Generator, saved=N
 def train_denoiser(sd, images, captions: List[str], cfg: PretrainConfig, rng: np.random.Generator,
                    saved=None) -> List[float]:
     """The text encoder and the UNet together, on the VAE's posterior samples (v-prediction, as SD 2.x)."""
-    moments = encode_moments(sd, images, cfg.size)
+    moments = encode_moments(sd, images, cfg.size, batch=ENCODE_BATCH)
     ids = token_ids(sd, list(captions) + [""])  # tokenized once; a step's texts are rows of it ("" the last)
     params = list(sd.unet.parameters()) + list(sd.text_encoder.parameters())
 

@@ -96,6 +96,21 @@ def test_vae_loss_is_reconstruction_plus_kl(tmp_path):
     assert float(vae_loss(sd.vae, images, eps, 1.0).item()) > plain
 
 
+def test_encoding_in_batches_gives_each_images_moments_as_one_at_a_time(tmp_path):
+    from styleblend.pretrain import TOY_CONFIGS
+    from styleblend.sd.loading import write_random_sd
+    from styleblend.toyworld import pretraining_pairs
+    from styleblend.training import encode_moments
+
+    sd = load_sd(write_random_sd(tmp_path / "m", configs=TOY_CONFIGS, seed=0, dtype="float32"))
+    images = [image for image, _ in pretraining_pairs(5, 0, 32)]
+    one, batched = encode_moments(sd, images, 32), encode_moments(sd, images, 32, batch=3)  # chunks of 3 and 2
+    assert len(batched) == 5 and all(m.shape == (1, 4, 8, 8) for pair in batched for m in pair)
+    for (mean, std), (b_mean, b_std) in zip(one, batched):
+        np.testing.assert_allclose(b_mean, mean, atol=1e-5)
+        np.testing.assert_allclose(b_std, std, atol=1e-5)
+
+
 def test_bad_pretraining_config_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("vae_stpes: 3\n")
