@@ -31,7 +31,7 @@ from .toyworld import PRETRAIN_STYLES, pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
-ENCODE_BATCH = 256  # pictures a VAE call when encoding the pairs (on a GPU a 64² picture a call is all overhead)
+ENCODE_BATCH = 256  # pictures a VAE call when encoding the pairs (one 64² picture a call leaves a GPU mostly idle)
 SAVE_EVERY = 200  # steps between two saves of a pretraining's progress (about 76 MB each for the toy model)
 
 
