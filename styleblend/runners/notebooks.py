@@ -14,7 +14,8 @@ style stops at once with a :class:`~styleblend.locks.LockedError` naming the fir
 
 SIGINT (Ctrl-C) and SIGTERM stop the runner cleanly: the running notebook's papermill process and its whole process
 tree (the Jupyter kernel included) are ended, its row is recorded as ``stopped`` (a re-run does it again), and
-a :class:`~styleblend.runners.signals.Stopped` is raised; the command line prints one line and exits 130 or 143, as a shell would.
+a :class:`~styleblend.runners.signals.Stopped` is raised; the command line prints one line and exits 130 or 143,
+as a shell would.
 """
 from __future__ import annotations
 
