@@ -162,6 +162,8 @@ def main() -> None:
     p.add_argument("--gc", action="store_true", help="ours only: jt.gc() after each image (returns the allocator's "
                    "cached blocks)")
     a = p.parse_args()
+    if any("=" not in flag for flag in a.allocator.split()):
+        p.error(f"--allocator {a.allocator!r}: give flags as name=value, e.g. use_sfrl_allocator=0")
     recipe = load_recipe()
     if a.resolution:
         recipe = replace(recipe, blend=replace(recipe.blend, resolution=a.resolution),
