@@ -31,8 +31,8 @@ COLOURS: Dict[str, Colour] = {
 OBJECTS = ("circle", "square", "triangle", "star", "house", "tree", "fish", "cup", "sun", "boat")
 # Pretraining has textures of its own (axis-aligned bands and grids, checks, random speckles), so the VAE and the
 # denoiser learn to draw texture at all; the held-out styles' diagonals, dot grids, hatching and wash stay unseen.
-# Every regular texture repeats every 8 pixels or more, so it stays visible in a 64² picture and spans at least two
-# cells of the toy VAE's 16² latents.
+# At 64² the held-out textures repeat every 8 pixels or more (the pretraining ones every 7 or 8), so each stays
+# visible and spans about two cells of the toy VAE's 16² latents.
 PRETRAIN_STYLES = ("flat", "outline", "pixel", "bands", "grid", "checker", "speckle")
 HELD_OUT_STYLES = ("stripes", "dots", "hatch", "wash")
 STYLES = PRETRAIN_STYLES + HELD_OUT_STYLES
