@@ -14,22 +14,16 @@ again changes nothing. The fixes, each measured on an H200 with CUDA 13.0 and cu
    ``/usr/include``.
 The remaining flags (``use_cutt=0 use_cutlass=0 use_nccl=0 nvcc_path=...``) are set by ``styleblend.runtime``
 when ``STYLEBLEND_DEVICE=cuda``.
-
-``--conv-accumulation float`` (``half`` undoes it) makes float16 and bfloat16 convolutions accumulate in float32,
-cuDNN's "pseudo-half" configuration, which PyTorch asks for; Jittor asks for half accumulation ("true half"), for
-which cuDNN has fewer engines. Jittor rebuilds the convolution ops at its next start. Measure it before making it
-the default (``bench/run.sh``: the float16 UNet step and image).
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib.util
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 TEXT_FIXES: List[Tuple[str, str, str]] = [
     ("extern/cuda/inc/helper_cuda.h", "deviceProp.computeMode", "cudaComputeModeDefault"),
@@ -42,18 +36,6 @@ TEXT_FIXES: List[Tuple[str, str, str]] = [
      'libs = ["libcudnn_ops_infer.so", "libcudnn_ops_train.so", "libcudnn_cnn_infer.so", "libcudnn_cnn_train.so"]',
      'libs = ["libcudnn_ops.so", "libcudnn_cnn.so"]'),
 ]
-CONV_OPS = [f"extern/cuda/cudnn/ops/cudnn_conv{dims}{part}_op.cc"
-            for dims in ("", "3d") for part in ("", "_backward_x", "_backward_w")]
-CONV_COMPUTE = {"half": "CUDNN_CROSS_CORRELATION, getDataType<Ty>()",  # the convolution descriptor's compute type
-                "float": "CUDNN_CROSS_CORRELATION, getComputeType<Ty>()"}
-CUDNN_WRAPPER = "extern/cuda/cudnn/inc/cudnn_wrapper.h"
-COMPUTE_TYPE = """
-// the compute type of a convolution on T_ELEM data: float for half and bfloat16 (cuDNN's pseudo-half configuration)
-template <typename T_ELEM> __inline__ cudnnDataType_t getComputeType() {
-    cudnnDataType_t data = getDataType<T_ELEM>();
-    return data == CUDNN_DATA_HALF || data == CUDNN_DATA_BFLOAT16 ? CUDNN_DATA_FLOAT : data;
-}
-"""
 CUDNN_RNN_FILES = ["extern/cuda/cudnn/ops/cudnn_rnn*", "extern/cuda/cudnn/src/cudnn_rnn_descriptor.cc",
                    "extern/cuda/cudnn/inc/cudnn_rnn_descriptor.h"]
 
@@ -97,34 +79,9 @@ def expose_cudnn_headers(include: Path = Path("/usr/include")) -> List[str]:
     return changes
 
 
-def set_conv_accumulation(root: Path, mode: str) -> List[str]:
-    """Make Jittor's cuDNN convolutions (2-D and 3-D, forward and both backwards) accumulate half-precision data in
-    ``mode`` ("half": Jittor's own, "float": PyTorch's)."""
-    changes = []
-    wrapper = root / CUDNN_WRAPPER
-    text = wrapper.read_text()
-    if mode == "float" and "getComputeType" not in text:
-        wrapper.write_text(text.replace("\n} // jittor", COMPUTE_TYPE + "\n} // jittor"))
-        changes.append(f"{CUDNN_WRAPPER}: getComputeType<T>() added")
-    other = CONV_COMPUTE["half" if mode == "float" else "float"]
-    for rel in CONV_OPS:
-        path = root / rel
-        text = path.read_text()
-        if other in text:
-            path.write_text(text.replace(other, CONV_COMPUTE[mode]))
-            changes.append(f"{rel}: convolutions accumulate in {mode}")
-    return changes
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m styleblend.gpu_setup", description=__doc__.splitlines()[0])
-    parser.add_argument("--conv-accumulation", choices=sorted(CONV_COMPUTE),
-                        help="what half-precision convolutions accumulate in (default: leave it as it is)")
-    args = parser.parse_args(argv)
+def main() -> int:
     root = jittor_root()
     changes = apply_text_fixes(root) + remove_cudnn_rnn(root) + expose_cudnn_headers()
-    if args.conv_accumulation:
-        changes += set_conv_accumulation(root, args.conv_accumulation)
     print(f"gpu-setup: Jittor at {root}")
     for change in changes:
         print("  " + change)
