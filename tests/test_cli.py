@@ -1,9 +1,11 @@
 """The command line's own rules: seeds are whole numbers ≥ 0, an error line never shares a line with a progress
 bar, and Ctrl-C or SIGTERM ends with one line, not a traceback, after the command's own cleanup ran."""
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -80,3 +82,17 @@ def test_sigterm_runs_the_commands_cleanup_and_exits_143(tmp_path):
     assert proc.returncode == 143, err
     assert err == "stopped by SIGTERM\n", repr(err)
     assert list(tmp_path.iterdir()) == [], "the scratch folder was removed"
+
+
+def test_a_signal_reported_as_itself_when_a_library_wraps_it(monkeypatch, capsys):
+    """Jittor turns the Stopped a signal raises in the middle of its compiler into a RuntimeError of its own; the
+    command line still reports the signal (status 143), not a confusing error from inside Jittor."""
+    def wrapped(_args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt as stop:
+            raise RuntimeError("Wrong inputs arguments, Please refer to examples(help(jt.sync))") from stop
+    monkeypatch.setattr(cli, "_evaluate", wrapped)
+    assert cli.main(["evaluate"]) == 143
+    assert capsys.readouterr().err == "stopped by SIGTERM\n"

@@ -25,7 +25,8 @@ class Stopped(KeyboardInterrupt):
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Stopped` in the ``with`` block (once: a second signal while stopping is
-    ignored, so the cleanup finishes); the previous handlers come back after. Only the main thread gets signals."""
+    ignored, so the cleanup finishes), also when a library turned it into an error of its own on the way out; the
+    previous handlers come back after. Only the main thread gets signals."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -39,6 +40,10 @@ def stop_on_signals() -> Iterator[None]:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
+    except Exception as err:
+        if received:  # the Stopped came back wrapped (Jittor makes it a RuntimeError when it lands in its compiler)
+            raise Stopped(received[0]) from err
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
