@@ -33,8 +33,9 @@ def image_grid(images: Sequence[Image.Image], titles: Optional[Sequence[str]] = 
     return fig
 
 
-def loss_curves(curves: Dict[str, Sequence[float]], smooth: int = 10):
-    """Training losses (raw, faint) with a moving average per curve."""
+def loss_curves(curves: Dict[str, Sequence[float]], smooth: int = 10, log_scale: bool = False):
+    """Training losses (raw, faint) with a moving average per curve; ``log_scale`` for losses that fall by
+    orders of magnitude (a VAE's)."""
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3), squeeze=False)
     for ax, (name, values) in zip(axes.flat, curves.items()):
         values = np.asarray(values, dtype=float)
@@ -44,6 +45,8 @@ def loss_curves(curves: Dict[str, Sequence[float]], smooth: int = 10):
                     label=f"mean of {smooth}")
         ax.set_title(name)
         ax.set_xlabel("step")
+        if log_scale:
+            ax.set_yscale("log")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -6,6 +6,7 @@ images or numbers for a figure or a table, so the notebooks themselves hold no l
 """
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from .data import list_styles, read_images
 from .errors import DataError
 from .sd.models.attention import hooks_installed
 from .sd.models.lora import lora_multiplier
+from .pretrain import CURVES_FILE
 from .progress import progress
 from .sd.sampling import (MAX_TOKENS, decode_latents, image_to_image, initial_latents, latent_factor, text_to_image,
                        to_pil)
@@ -55,6 +57,16 @@ def model_summary(sd) -> str:
     lines = ["| part | parameters | what matters |", "|---|---:|---|"]
     lines += [f"| {name} | {n:,} | {text} |" if n else f"| {name} | — | {text} |" for name, n, text in rows]
     return "\n".join(lines)
+
+
+def pretraining_curves(model_folder) -> Optional[Dict[str, List[float]]]:
+    """The loss of every step of the model's pretraining by this project (``styleblend pretrain-toy``), per stage;
+    None for a model pretrained elsewhere (SD 2.1) or never trained (the tiny random model)."""
+    path = Path(model_folder) / CURVES_FILE
+    if not path.exists():
+        return None
+    curves = json.loads(path.read_text(encoding="utf-8"))
+    return {"VAE": curves["vae"], "text encoder + UNet": curves["denoiser"]}
 
 
 @dataclass

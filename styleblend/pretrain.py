@@ -32,6 +32,7 @@ from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
 ENCODE_BATCH = 256  # pictures a VAE call when encoding the pairs (one 64² picture a call leaves a GPU mostly idle)
+CURVES_FILE = "training_curves.json"  # beside the weights: the config and every step's loss, per stage
 SAVE_EVERY = 200  # steps between two saves of a pretraining's progress (about 76 MB each for the toy model)
 
 
@@ -243,6 +244,6 @@ def pretrain_toy(out, config=None, smoke: bool = False, echo=print) -> Path:
         echo(f"text encoder + UNet: loss {curves['denoiser'][0]:.4f} -> {curves['denoiser'][-1]:.4f}")
         save_sd(sd, out)
     text = json.dumps({"config": asdict(cfg), **curves}) + "\n"
-    write_atomic(out / "training_curves.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(out / CURVES_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     saved.path.unlink()
     return out

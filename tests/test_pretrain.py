@@ -164,3 +164,16 @@ def test_the_toy_model_paints_the_prompts_colours():
     assert border[0][2] > border[0][0] + 0.3 and thing[0][0] > thing[0][2] + 0.2   # blue around, a red thing
     assert border[1].min() > 0.75 and thing[1][1] > thing[1][0] + 0.1              # white around, a green thing
     assert border[2].max() < 0.25 and thing[2][:2].min() > thing[2][2] + 0.2        # black around, a yellow thing
+
+
+def test_the_toy_models_curves_are_shown_and_other_models_have_none(tmp_path):
+    """Notebook 00 plots the pretraining curves of a model that has them (the toy model) and skips the others."""
+    from styleblend import figures, lessons
+    from styleblend.sd.loading import resolve_model, write_tiny_sd
+
+    curves = lessons.pretraining_curves(resolve_model("toy"))
+    recorded = json.loads((resolve_model("toy") / "training_curves.json").read_text())
+    assert curves == {"VAE": recorded["vae"], "text encoder + UNet": recorded["denoiser"]}
+    fig = figures.loss_curves(curves, smooth=50, log_scale=True)
+    assert [(ax.get_title(), ax.get_yscale()) for ax in fig.axes] == [("VAE", "log"), ("text encoder + UNet", "log")]
+    assert lessons.pretraining_curves(write_tiny_sd(tmp_path / "tiny-sd", seed=0)) is None
