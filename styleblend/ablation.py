@@ -16,6 +16,7 @@ from .config import BlendParams, style_blend_params
 from .evaluate import StyleScore, evaluate_set
 from .lessons import ABLATIONS
 from .run_context import SetRun
+from .toyworld import is_toy_set
 from .validate import validate_styles
 
 TABLE_TERMS = ("object", "colour", "judged_style", "texture", "hist")
@@ -67,3 +68,14 @@ def ablation_table(rows: Dict[str, StyleScore], terms: Sequence[str] = TABLE_TER
         cells = ["—" if getattr(score, t) is None else f"{getattr(score, t):.3f}" for t in shown]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def style_ablation(run) -> str:
+    """Notebook 06's ablation of its one style (a :class:`styleblend.run_context.NotebookRun`), as a Markdown table,
+    where it is cheap: the toy set or smoke sizes. On a real model it would generate five times notebook 05's
+    images, so it says how to run it instead."""
+    if not (run.smoke or is_toy_set(run.paths.data_root)):
+        return (f"Not run here: on a real model the ablation generates five times notebook 05's images. "
+                f"`styleblend ablation --set {run.paths.set_name} --data {run.paths.data_root} --styles {run.style} "
+                f"--model {run.model}` runs it and writes the table to `outputs/ablation/ablation.md`.")
+    return ablation_table(run_ablation(run, [run.style], run.output_root / "ablation"))

@@ -87,3 +87,18 @@ def test_ablation_generates_and_scores_every_variant(run, tmp_path, capsys):
     first = {f: np.asarray(Image.open(sorted((out / f / "dots").glob("*.png"))[0]), np.int16) for f in folders}
     assert np.abs(first["CSB_only"] - first["FSB_only"]).mean() > 0.5
     assert "hist" in table and "table: " in capsys.readouterr().out
+
+
+def test_notebook_06_leaves_a_real_models_ablation_to_the_command(tmp_path):
+    """On a real model the ablation would generate five times notebook 05's images: notebook 06 says how to run it
+    instead, and generates nothing."""
+    from types import SimpleNamespace
+
+    from styleblend.ablation import style_ablation
+    from styleblend.run_context import SetPaths
+
+    run = SimpleNamespace(smoke=False, style="dots", model="/models/sd21", output_root=tmp_path,
+                          paths=SetPaths("demo", DEMO, tmp_path / "result", tmp_path / "checkpoints"))
+    text = style_ablation(run)
+    assert text.startswith("Not run here") and "styleblend ablation --set demo" in text and "--styles dots" in text
+    assert list(tmp_path.iterdir()) == []
