@@ -26,8 +26,8 @@ FLOAT16_LOSS_SCALE = 1024.0  # float16 UNet weights: loss multiplier for the bac
 
 def encode_moments(sd, images: Sequence[Image.Image], size: int, batch: int = 1) -> List[Moments]:
     """VAE posterior (mean, std) of each image resized to ``size``, as numpy, ``batch`` images a call: one at a
-    time bounds the memory at SD's sizes; the toy pretraining's 32768 small pictures go in batches, so a GPU is not
-    left idle between calls (on a CPU batching changes nothing)."""
+    time bounds the memory at SD's sizes; the toy pretraining's thousands of small pictures go in batches, so a GPU
+    is not left idle between calls (on a CPU batching changes nothing)."""
     moments = []
     with jt.no_grad(), progress(total=len(images), desc="encoding images") as bar:
         for start in range(0, len(images), batch):
