@@ -1,9 +1,12 @@
 """The toy model's heavy CPU paths, timed: VAE encoding and decoding and one pretraining step (text encoder + UNet),
-batch 16 at 64². Run it with and without oneDNN to see what it gives (styleblend/onednn.py):
+batch 16 at 64², and the kernels one pretraining step launches (Jittor's profiler; on a GPU, where each launch
+costs about the same whatever its work, the toy step's time follows that count). Run it with and without oneDNN to
+see what it gives (styleblend/onednn.py):
 
     python bench/toy_cpu.py                 # oneDNN, where its wheels are installed (the default)
     use_mkl=0 python bench/toy_cpu.py       # Jittor's own kernels
-Prints one JSON line: seconds per call (the best of 3 after a warm-up; a training step the mean of 3).
+Prints one JSON line: seconds per call (the best of 3 after a warm-up; a training step the mean of 3) and
+``train_step_kernels``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,17 @@ def best_of(fn, n: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return round(min(times), 3)
+
+
+def kernels(jt, fn) -> int:
+    """How many kernels ``fn()`` launches."""
+    jt.sync_all(True)
+    jt.profiler.start(0, 0)
+    fn()
+    jt.sync_all(True)
+    jt.profiler.stop()
+    head, *rows = jt.profiler.report()
+    return sum(int(row[head.index("Count")]) for row in rows)
 
 
 def main() -> None:
@@ -52,6 +66,8 @@ def main() -> None:
     t0 = time.perf_counter()
     fit(params, loss_at, 3, 1e-4, (0.9, 0.999), 0.0, 1e-8, desc="timed")
     result["train_step_s"] = round((time.perf_counter() - t0) / 3, 3)
+    result["train_step_kernels"] = kernels(jt, lambda: fit(params, loss_at, 1, 1e-4, (0.9, 0.999), 0.0, 1e-8,
+                                                           desc="counted"))
     print(json.dumps(result))
 
 

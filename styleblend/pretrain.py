@@ -182,8 +182,7 @@ class SavedProgress:
         tensors = {f"{name}.{key}": value.numpy() for name in MODELS
                    for key, value in getattr(self.sd, name).state_dict().items()}
         if optimizer is not None:
-            [group] = optimizer.param_groups
-            for i, (m, v) in enumerate(zip(group["m"], group["values"])):
+            for i, (m, v) in enumerate(zip(optimizer.m, optimizer.v)):
                 tensors[f"adam.m.{i}"], tensors[f"adam.v.{i}"] = m.numpy(), v.numpy()
         meta = {"config": self.config, "stage": stage, "step": str(step),
                 "curves": json.dumps(dict(self.curves, **{stage: losses})),
@@ -206,11 +205,9 @@ class _Stage:
         saved = self.progress
         if saved.stage != self.name or not saved.step:
             return 0, []
-        [group] = optimizer.param_groups
-        for i, (m, v) in enumerate(zip(group["m"], group["values"])):
-            m.assign(jt.array(saved.adam[f"adam.m.{i}"]))
-            v.assign(jt.array(saved.adam[f"adam.v.{i}"]))
-        optimizer.n_step = saved.step
+        count = len(optimizer.params)
+        optimizer.load([saved.adam[f"adam.m.{i}"] for i in range(count)],
+                       [saved.adam[f"adam.v.{i}"] for i in range(count)], saved.step)
         return saved.step, list(saved.curves[self.name])
 
     def after_step(self, done: int, losses: List[float], optimizer):

@@ -12,12 +12,13 @@ from typing import Callable, List, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from .adamw import AdamW
 from .backend import jt
 
 from .errors import DivergedError
 from .progress import progress
 from .sd.models.lora import lora_layers
-from .sd.models.stages import Stage, StagedLoss, inner, run_stages, staged_grads
+from .sd.models.stages import Stage, StagedLoss, run_stages, staged_grads
 from .sd.sampling import to_tensor
 
 Moments = Tuple[np.ndarray, np.ndarray]  # VAE posterior mean and std of one image, [1, 4, h, w]
@@ -82,13 +83,13 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
     ``saved.restore(optimizer)`` loads AdamW's moments and returns the steps already done and their losses;
     ``saved.after_step(done, losses, optimizer)`` runs after every step and saves when due.
     """
-    optimizer = jt.optim.AdamW(params, lr=lr, eps=eps * scale, betas=tuple(betas), weight_decay=weight_decay)
+    optimizer = AdamW(params, lr, betas, eps * scale, weight_decay)
     start, losses = saved.restore(optimizer) if saved else (0, [])
     bar = progress(range(start, steps), desc=desc, total=steps, initial=start)
     for step in bar:
         optimizer.lr = lr * lr_factor(step)
-        loss, backward_target = _backward_target(loss_fn(step), params, scale)
-        optimizer.step(backward_target)
+        loss, grads = _loss_and_grads(loss_fn(step), params, scale)
+        optimizer.step(grads)
         losses.append(float(loss.item()))
         if not math.isfinite(losses[-1]):
             raise DivergedError(f"{desc}: the loss is {losses[-1]} at step {step + 1} of {steps}; nothing was "
@@ -102,13 +103,12 @@ def fit(params: List[jt.Var], loss_fn: Callable[[int], Union[jt.Var, StagedLoss]
     return losses
 
 
-def _backward_target(objective: Union[jt.Var, StagedLoss], params: List[jt.Var], scale: float):
-    """``(loss, a scalar whose gradient with respect to params is scale × the loss's)``: the scaled loss, or for
-    a :class:`StagedLoss` ``Σ ⟨p, g⟩`` over the gradients :func:`staged_grads` computed."""
-    if not isinstance(objective, StagedLoss):
-        return objective, objective * scale
-    loss, grads = staged_grads(objective.stages, objective.inputs, objective.output, params, scale)
-    return loss, inner(params, grads)
+def _loss_and_grads(objective: Union[jt.Var, StagedLoss], params: List[jt.Var], scale: float):
+    """``(loss, gradients of scale × the loss with respect to params)``, a :class:`StagedLoss` one stage at a time
+    (:func:`staged_grads`)."""
+    if isinstance(objective, StagedLoss):
+        return staged_grads(objective.stages, objective.inputs, objective.output, params, scale)
+    return objective, jt.grad(objective * scale, params)
 
 
 def epoch_order(rng: np.random.Generator, n: int, count: int) -> np.ndarray:

@@ -100,7 +100,7 @@ def staged_grads(stages: Sequence[Stage], inputs: Dict[str, jt.Var], output: str
 
 def inner(outs: Sequence[jt.Var], seeds: Sequence[jt.Var]) -> jt.Var:
     """Σ ⟨out, seed⟩ in float32: its gradient with respect to each out is that out's seed (a backward pass's
-    incoming gradient, or the gradient an optimiser is to see)."""
+    incoming gradient)."""
     total = 0
     for out, seed in zip(outs, seeds):
         total = total + (out * seed.cast(out.dtype)).float32().sum()
