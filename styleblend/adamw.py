@@ -20,7 +20,8 @@ class AdamW:
 
     def __init__(self, params: Sequence[jt.Var], lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        self.params, self.lr, self.betas, self.eps, self.weight_decay = list(params), lr, tuple(betas), eps, weight_decay
+        self.params, self.lr, self.betas = list(params), lr, tuple(betas)
+        self.eps, self.weight_decay = eps, weight_decay
         self.m: List[jt.Var] = [jt.zeros(p.shape, p.dtype).stop_grad() for p in self.params]
         self.v: List[jt.Var] = [jt.zeros(p.shape, p.dtype).stop_grad() for p in self.params]
         self.steps = 0
