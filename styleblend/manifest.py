@@ -36,10 +36,18 @@ EDGE_BYTES = 1 << 20  # a large file is fingerprinted by its size and its first 
 # the recipe sections each stage reads (with the seed and the weights' precision)
 STAGE_SECTIONS = {"sdedit": ("sdedit",), "coarse": ("sdedit", "coarse"), "fine": ("fine",), "generate": ("blend",)}
 REUSE, RUN, REDO = "reuse", "run", "redo"  # what decide() tells a stage to do
+KEY_WORDS = {"recipe": "recipe (the sections this stage reads, or the seed)",  # a key's parts, as errors name them
+             "data": "set of reference images (or prompts)", "trained": "training (a retrained coarse or fine stage)",
+             "params": "blend settings", "seed": "seed", "mode": "sampling mode (ablation)"}
 
 
 class StaleError(StyleBlendError):
-    """Outputs exist that another model, recipe or data made (or that no manifest accounts for)."""
+    """Outputs exist that another model, recipe or data made (or that no manifest accounts for); ``reason`` says
+    which, without the folder and the remedy."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def digest(value) -> str:
@@ -182,12 +190,13 @@ def decide(manifest: Manifest, stage: str, key: dict, outputs: Iterable[Path], f
     if entry is None:
         if present:
             raise StaleError(f"{present[0].parent}: {', '.join(p.name for p in present[:3])} exist(s), but "
-                             f"{manifest.path.name} records no {stage} stage that made them; {remedy}")
+                             f"{manifest.path.name} records no {stage} stage that made them; {remedy}",
+                             "no record of what made them")
         return RUN
     changed = differences(entry["key"], key)
     if changed:
         raise StaleError(f"{manifest.path.parent}: the {stage} stage there was made with another "
-                         f"{'; '.join(changed)}; {remedy}")
+                         f"{'; '.join(changed)}; {remedy}", f"made with another {'; '.join(changed)}")
     if entry.get("complete") and len(present) == len(outputs):
         return REUSE
     return REDO if present else RUN
@@ -205,8 +214,7 @@ def differences(old: dict, new: dict) -> list:
             out.append(f"model ({'same folder, other contents: ' if same_path else ''}was {a.get('path')} "
                        f"[{a.get('fingerprint')}], now {b.get('path')} [{b.get('fingerprint')}])")
         else:
-            out.append({"recipe": "recipe (the sections this stage reads, or the seed)",
-                        "data": "set of reference images (or prompts)"}.get(name, f"{name} stage"))
+            out.append(KEY_WORDS.get(name, name))
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from .checkpoints import STAGE_FILES
-from .config import Recipe, style_blend_params
+from .config import BlendParams, Recipe, style_blend_params
 from .data import StyleData, result_path, select_styles
 from .errors import StyleBlendError
 from .io import remove_temp_files
@@ -101,10 +101,13 @@ def run_fine(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, force: 
 
 
 def run_generate(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, seed: Optional[int] = None,
-                 force: bool = False) -> List[Path]:
+                 force: bool = False, params: Optional[BlendParams] = None, mode: str = "full") -> List[Path]:
     """Stage 4: every prompt of the style through the two-branch sampler into ``<results>/<set>/<style>/``.
 
-    The images' key holds the trained stages' keys, so retrained checkpoints make stale images an error."""
+    The images' key holds the trained stages' keys, so retrained checkpoints make stale images an error.
+    ``params`` (default: the style's blend settings) and ``mode`` (:data:`styleblend.blend.MODES`) are an
+    ablation's; a mode other than the full blend joins the key (the full blend's key stays as it always was, so
+    existing results stay valid)."""
     from .blend import generate_style
 
     style, ckpt = style_data.style, paths.checkpoint(style_data.style)
@@ -113,10 +116,10 @@ def run_generate(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, see
     if unfinished:
         raise StyleBlendError(f"{ckpt.folder}: the {' and '.join(unfinished)} stage(s) have not finished there "
                               "(train them first: styleblend coarse / fine, or reproduce)")
-    params, _ = style_blend_params(recipe, paths.set_name, style)
+    params = params or style_blend_params(recipe, paths.set_name, style)[0]
     key = stage_key("generate", sd, recipe, style_data,
                     {"trained": digest([trained[s]["key"] for s in STAGE_FILES]), "params": digest(asdict(params)),
-                     "seed": seed})
+                     "seed": seed, **({"mode": mode} if mode != "full" else {})})
     results_dir = paths.results_root / paths.set_name / style
     manifest = results_manifest(results_dir, paths.set_name, style)
     outputs = [result_path(paths.results_root, paths.set_name, style, p) for p in style_data.prompts.values()]
@@ -125,7 +128,7 @@ def run_generate(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, see
         return outputs
     with recording(manifest, "generate", key):  # an interrupted run resumes prompt by prompt
         return generate_style(sd, style_data, ckpt, params, recipe.blend, paths.results_root, paths.set_name,
-                              seed=seed, force=force)
+                              seed=seed, force=force, mode=mode)
 
 
 def run_style(sd, style_data: StyleData, recipe: Recipe, paths: SetPaths, seed: Optional[int] = None,

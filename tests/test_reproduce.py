@@ -83,10 +83,31 @@ def test_ablation_generates_and_scores_every_variant(run, tmp_path, capsys):
     for name in ("CSB only", "FSB only", "Q injection only", "KV injection only", "StyleBlend (full)"):
         assert f"| {name} | " in table
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert len(folders) == 5 and all(len(list((out / f / "dots").glob("*.png"))) == 3 for f in folders)
-    first = {f: np.asarray(Image.open(sorted((out / f / "dots").glob("*.png"))[0]), np.int16) for f in folders}
+    assert len(folders) == 5 and all(len(list((out / f / "demo" / "dots").glob("*.png"))) == 3 for f in folders)
+    first = {f: np.asarray(Image.open(sorted((out / f / "demo" / "dots").glob("*.png"))[0]), np.int16)
+             for f in folders}
     assert np.abs(first["CSB_only"] - first["FSB_only"]).mean() > 0.5
     assert "hist" in table and "table: " in capsys.readouterr().out
+
+
+def test_ablation_keeps_its_images_and_remakes_those_something_else_made(run, tmp_path, capsys):
+    """A rerun reuses the images; another seed (as another model or a retrained style) remakes them, saying why.
+    Each set has its own folder, so a style of the same name in another set is never scored in its place."""
+    root, _, _ = run
+    out = tmp_path / "ablation"
+    args = ["ablation", "--set", "demo", "--data", str(DEMO), "--styles", "dots", "--results", str(root / "result"),
+            "--checkpoints", str(root / "checkpoints"), "--out", str(out)]
+    assert main(args) == 0
+    images = sorted(out.glob("*/demo/dots/*.png"))
+    made = {p: p.stat().st_mtime_ns for p in images}
+    assert len(images) == 15
+    capsys.readouterr()
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in images} == made and "generating them again" not in capsys.readouterr().out
+    assert main(args + ["--seed", "7"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("images made with another seed; generating them again") == 5
+    assert all(p.stat().st_mtime_ns != made[p] for p in images)
 
 
 def test_notebook_06_leaves_a_real_models_ablation_to_the_command(tmp_path):
