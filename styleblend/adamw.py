@@ -30,9 +30,7 @@ class AdamW:
         """Continue a saved run: its moments (arrays, in :attr:`params`' order) and its step count. Everything is
         written now: a kernel that reads a just-made array compiles differently and rounds differently, and the
         next steps must be the ones an uninterrupted run takes, bit for bit."""
-        for mine, saved in zip(self.m, m):
-            mine.assign(jt.array(saved))
-        for mine, saved in zip(self.v, v):
+        for mine, saved in zip(self.m + self.v, [*m, *v]):
             mine.assign(jt.array(saved))
         self.steps = steps
         jt.sync(self.params + self.m + self.v)
