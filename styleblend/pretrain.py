@@ -27,7 +27,7 @@ from .errors import ConfigError, ModelLoadError
 from .io import load_safetensors, load_safetensors_metadata, load_yaml, save_safetensors, write_atomic
 from .sd.loading import CONFIG_FILES, MODELS, load_sd, write_clip_vocab, write_random_sd
 from .sd.sampling import latent_factor, to_tensor, token_ids
-from .toyworld import PRETRAIN_STYLES, pretraining_pairs
+from .toyworld import ANYWHERE, PRETRAIN_STYLES, pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
@@ -43,6 +43,7 @@ class PretrainConfig:
     size: int           # image side in pixels
     pairs: int          # (image, caption) pairs drawn from the toy world's pretraining styles
     styles: tuple       # which of them (toyworld.PRETRAIN_STYLES; the held-out styles are never allowed)
+    spread: float       # how far an object's centre may be from the picture's centre (toyworld.sample_scene)
     vae_steps: int
     vae_batch: int
     vae_lr: float
@@ -71,9 +72,13 @@ class PretrainConfig:
                               f"the held-out ones stay out of pretraining), not {styles!r}")
         cast = {"float": float, "int": int, "tuple": lambda v: tuple(map(str, v))}
         try:
-            return cls(**{k: cast[names[k]](v) for k, v in values.items()})
+            cfg = cls(**{k: cast[names[k]](v) for k, v in values.items()})
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
+        if not 0.0 <= cfg.spread <= ANYWHERE:
+            raise ConfigError(f"{source}: spread must be between 0 and {ANYWHERE} (a fraction of the picture's side), "
+                              f"not {cfg.spread!r}")
+        return cfg
 
 
 def vae_loss(vae, images: jt.Var, eps: jt.Var, kl_weight: float) -> jt.Var:
@@ -223,7 +228,7 @@ def pretrain_toy(out, config=None, smoke: bool = False, echo=print) -> Path:
         raise ModelLoadError(f"{out} already exists; not replacing it (choose another path or delete it)")
     cfg = PretrainConfig.load(config, smoke)
     rng = np.random.default_rng(cfg.seed)
-    pairs = pretraining_pairs(cfg.pairs, cfg.seed, cfg.size, cfg.styles)
+    pairs = pretraining_pairs(cfg.pairs, cfg.seed, cfg.size, cfg.styles, cfg.spread)
     images, captions = [image for image, _ in pairs], [caption for _, caption in pairs]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # the seeded initial weights

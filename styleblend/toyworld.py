@@ -40,6 +40,10 @@ MARKER = "toyworld.json"  # in a style set's root: its styles are the toy world'
 # The pretraining texts: the style named as a word or in the method's own phrasing, so that "in the style of <F>"
 # reads like the captions the model learned from; a few name no style. Each with its probability.
 PRETRAIN_TEXTS = {"A {caption}, {style}.": 0.45, "A {caption} in the style of {style}.": 0.45, "A {caption}.": 0.1}
+# Where objects may be: ANYWHERE they fit, or within a smaller ``spread`` of the centre. The nearer they stay to it,
+# the more of the picture a caption's object word predicts (at high noise the denoiser sees little else), so the
+# object's shape is learned sooner (docs/toy-model.md).
+ANYWHERE = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,14 +67,19 @@ class Scene:
         return f"{self.subject} on a {self.background} background"
 
 
-def sample_scene(rng: np.random.Generator, obj: str = "", colour: str = "") -> Scene:
-    """A random scene (``obj`` / ``colour`` fixed when given); the background is another colour."""
+def sample_scene(rng: np.random.Generator, obj: str = "", colour: str = "", spread: float = ANYWHERE) -> Scene:
+    """A random scene (``obj`` / ``colour`` fixed when given); the background is another colour. The object's
+    centre is at most ``spread`` (a fraction of the side) from the picture's centre, and never so near an edge
+    that the object is cut."""
+    if not 0.0 <= spread <= ANYWHERE:
+        raise ConfigError(f"spread must be between 0 and {ANYWHERE} (a fraction of the picture's side), not {spread!r}")
     obj = obj or OBJECTS[rng.integers(len(OBJECTS))]
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
     backgrounds = [c for c in COLOURS if c != colour]
     background = backgrounds[rng.integers(len(backgrounds))]
     r = float(rng.uniform(0.22, 0.34))
-    x, y = (float(rng.uniform(r + 0.04, 1 - r - 0.04)) for _ in range(2))
+    low, high = max(r + 0.04, 0.5 - spread), min(1 - r - 0.04, 0.5 + spread)
+    x, y = (float(rng.uniform(low, high)) for _ in range(2))
     return Scene(obj, colour, background, x, y, r)
 
 
@@ -111,6 +120,16 @@ def mask(scene: Scene, size: int) -> Image.Image:
     for polygon in outline(scene, size):
         draw.polygon(polygon, fill=255)
     return out
+
+
+def object_share(spread: float = ANYWHERE, scenes: int = 200, size: int = 32, seed: int = 0) -> float:
+    """How much of the picture a caption's object word predicts: the share of the object mask's variance (per
+    pixel, over scenes) that the object's name explains. It is what a denoiser can learn from the word at high
+    noise, where the noisy picture shows nothing yet; the rest is the object's place and size."""
+    rng = np.random.default_rng(seed)
+    masks = np.stack([[np.asarray(mask(sample_scene(rng, obj=obj, spread=spread), size), np.float32) / 255.0
+                       for _ in range(scenes)] for obj in OBJECTS])  # [object, scene, y, x]
+    return float(masks.mean(axis=1).var(axis=0).mean() / masks.reshape(-1, size, size).var(axis=0).mean())
 
 
 def _lighter(colour: Colour, amount: float = 0.55) -> Colour:
@@ -237,15 +256,16 @@ def draw(scene: Scene, style: str, size: int = 64) -> Image.Image:
     return RENDERERS[style](scene, size, COLOURS[scene.colour], COLOURS[scene.background], mask(scene, size))
 
 
-def pretraining_pairs(count: int, seed: int, size: int = 64,
-                      styles: Sequence[str] = PRETRAIN_STYLES) -> List[Tuple[Image.Image, str]]:
+def pretraining_pairs(count: int, seed: int, size: int = 64, styles: Sequence[str] = PRETRAIN_STYLES,
+                      spread: float = ANYWHERE) -> List[Tuple[Image.Image, str]]:
     """``count`` (image, text) pairs in pretraining ``styles``: "A red fish on a blue background, flat.",
-    "A red fish in the style of pixel.", "A red fish on a blue background." (the background is named 3 times in 4)."""
+    "A red fish in the style of pixel.", "A red fish on a blue background." (the background is named 3 times in 4);
+    objects within ``spread`` of the centre (:func:`sample_scene`)."""
     rng = np.random.default_rng(seed)
     templates, weights = list(PRETRAIN_TEXTS), list(PRETRAIN_TEXTS.values())
     pairs = []
     for _ in range(count):
-        scene, style = sample_scene(rng), styles[rng.integers(len(styles))]
+        scene, style = sample_scene(rng, spread=spread), styles[rng.integers(len(styles))]
         template = templates[rng.choice(len(templates), p=weights)]
         caption = scene.caption if rng.random() < 0.75 else scene.subject
         pairs.append((draw(scene, style, size), format_prompt(template, caption=caption, style=style)))

@@ -119,6 +119,9 @@ def test_bad_pretraining_config_names_the_file(tmp_path):
     bad.write_text("styles: [flat, dots]\n")
     with pytest.raises(ConfigError, match="bad.yaml: styles .*held-out"):
         PretrainConfig.load(bad)
+    bad.write_text("spread: -0.1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: spread must be between 0 and 0.5.*-0.1"):
+        PretrainConfig.load(bad)
 
 
 def test_the_toy_models_recipe_follows_its_size(tmp_path, monkeypatch):

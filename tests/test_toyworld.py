@@ -7,8 +7,8 @@ import pytest
 
 from styleblend.data import load_style, select_styles
 from styleblend.errors import ConfigError
-from styleblend.toyworld import (COLOURS, HELD_OUT_STYLES, OBJECTS, PRETRAIN_STYLES, STYLES, Scene, draw, mask,
-                                 pretraining_pairs, sample_scene, write_style_set)
+from styleblend.toyworld import (ANYWHERE, COLOURS, HELD_OUT_STYLES, OBJECTS, PRETRAIN_STYLES, STYLES, Scene, draw,
+                                 mask, object_share, pretraining_pairs, sample_scene, write_style_set)
 
 
 def test_same_seed_same_pictures_and_captions():
@@ -41,6 +41,32 @@ def test_a_flat_picture_shows_its_caption(obj):
     assert (pixels[inside] == COLOURS[scene.colour]).all(axis=1).mean() > 0.95
     assert (pixels[~inside] == COLOURS[scene.background]).all(axis=1).mean() > 0.95
     assert scene.caption == f"{scene.colour} {obj} on a {scene.background} background"
+
+
+def test_objects_stay_within_their_spread_and_whole():
+    rng = np.random.default_rng(0)
+    for spread in (ANYWHERE, 0.1, 0.0):
+        scenes = [sample_scene(rng, spread=spread) for _ in range(200)]
+        offsets = np.abs([[s.x - 0.5, s.y - 0.5] for s in scenes])
+        assert offsets.max() <= spread + 1e-12
+        assert all(s.r + 0.04 <= min(s.x, s.y) and max(s.x, s.y) <= 1 - s.r - 0.04 for s in scenes), "never cut"
+    assert offsets.max() == 0.0 and np.abs([[s.x, s.y] for s in
+                                            (sample_scene(rng) for _ in range(200))]).std() > 0.05
+    with pytest.raises(ConfigError, match="spread must be between 0 and 0.5.*0.7"):
+        sample_scene(rng, spread=0.7)
+
+
+def test_anywhere_draws_the_pairs_the_committed_toy_model_was_pretrained_on():
+    """The committed weights' pretraining pairs: the scenes of ``spread`` = ANYWHERE must not move."""
+    scene = sample_scene(np.random.default_rng(0))
+    assert (scene.obj, scene.colour, scene.background) == ("sun", "pink", "blue")
+    assert (scene.x, scene.y, scene.r) == (0.2726875610132525, 0.6472891262614819, 0.22491682287234335)
+
+
+def test_the_nearer_the_centre_the_more_the_object_word_tells():
+    """At high noise a denoiser learns the object's shape only from what its name predicts of the picture."""
+    shares = [object_share(spread, scenes=60) for spread in (ANYWHERE, 0.06, 0.0)]
+    assert shares[0] < 0.1 < 0.2 < shares[1] < shares[2], shares
 
 
 def test_every_style_draws_something_different():

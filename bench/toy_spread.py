@@ -1,0 +1,108 @@
+"""How much the toy model's denoiser can learn of an object's shape from its name, by how far objects stray from the
+picture's centre (``toyworld.sample_scene``'s ``spread``):
+
+    python bench/toy_spread.py                          # the object word's share of the mask's variance (seconds)
+    python bench/toy_spread.py --train 500 --spread 0.06  # and a text encoder + UNet trained on it (CPU: ~30 min)
+
+With ``--train N`` the text encoder and the UNet are trained from scratch for N steps (``pretrain.train_denoiser``,
+``configs/toy/pretrain.yaml``'s settings, with ``--batch``, ``--lr`` and a 50-step warm-up) on 4096 pairs in the
+flat, outline and pixel styles, on the latents of the committed toy model's VAE. Then, on 64 new flat pictures, the
+denoising loss with the right caption and with another object's (the same noise): the wider the gap, the more the
+UNet uses the object word. ``--sheet FILE`` also saves samples of the ten objects ("A red <object> on a blue
+background, flat."). Prints one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from styleblend.runtime import start
+
+GAP_TIMESTEPS = (900, 700, 500)
+
+
+def swap_gap(jt, sd, scenes, rng) -> dict:
+    """The denoising loss at each of :data:`GAP_TIMESTEPS` with the right caption and with another object's."""
+    from styleblend.sd.sampling import token_ids
+    from styleblend.toyworld import OBJECTS, draw
+    from styleblend.training import encode_moments, sample_latents
+
+    wrong = [replace(s, obj=OBJECTS[(OBJECTS.index(s.obj) + 1 + rng.integers(len(OBJECTS) - 1)) % len(OBJECTS)])
+             for s in scenes]
+    latents = sample_latents(sd, encode_moments(sd, [draw(s, "flat") for s in scenes], 64, batch=64), rng)
+    noise = jt.array(rng.standard_normal(tuple(latents.shape), dtype=np.float32))
+    result = {}
+    with jt.no_grad():
+        for step in GAP_TIMESTEPS:
+            t = np.full(len(scenes), step, dtype=np.int64)
+            noisy, target = sd.scheduler.add_noise(latents, noise, t), sd.scheduler.training_target(latents, noise, t)
+            for name, captions in (("right", scenes), ("wrong", wrong)):
+                context = sd.text_encoder(jt.array(token_ids(sd, [f"A {s.caption}, flat." for s in captions])))
+                result[f"loss_{name}_t{step}"] = round(((sd.unet(noisy, t, context) - target) ** 2).mean().item(), 4)
+    return result
+
+
+def sheet(sd, path: Path) -> None:
+    from PIL import Image
+    from styleblend.sd.sampling import text_to_image
+    from styleblend.toyworld import OBJECTS
+
+    out = Image.new("RGB", (64 * len(OBJECTS), 128))
+    for row in range(2):
+        prompts = [f"A red {obj} on a blue background, flat." for obj in OBJECTS]
+        for col, image in enumerate(text_to_image(sd, prompts, steps=30, seed=row + 2, height=64, width=64)):
+            out.paste(image, (64 * col, 64 * row))
+    out.save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spread", type=float, default=None, help="one spread (default: a few, share only)")
+    parser.add_argument("--train", type=int, default=0, help="train the text encoder + UNet this many steps")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--sheet", type=Path, help="save samples of the ten objects here (with --train)")
+    args = parser.parse_args()
+    from styleblend.toyworld import ANYWHERE, object_share
+
+    spreads = [args.spread] if args.spread is not None else [ANYWHERE, 0.12, 0.08, 0.06, 0.0]
+    if not args.train:
+        print(json.dumps({"object_share": {str(s): round(object_share(s), 3) for s in spreads}}))
+        return
+    if len(spreads) != 1:
+        parser.error("--train needs one --spread")
+    print(json.dumps(train(start(0), spreads[0], args)))
+
+
+def train(jt, spread: float, args) -> dict:
+    from styleblend import pretrain
+    from styleblend.sd.loading import load_sd, resolve_model, write_random_sd
+    from styleblend.toyworld import object_share, pretraining_pairs, sample_scene
+
+    sd = load_sd(resolve_model("toy"))
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = load_sd(write_random_sd(Path(scratch) / "init", configs=pretrain.TOY_CONFIGS, seed=0, dtype="float32"))
+    sd.unet, sd.text_encoder = fresh.unet, fresh.text_encoder
+    cfg = replace(pretrain.PretrainConfig.load(), pairs=4096, styles=("flat", "outline", "pixel"), spread=spread,
+                  denoiser_steps=args.train, denoiser_batch=args.batch, denoiser_lr=args.lr, warmup_steps=50)
+    images, captions = zip(*pretraining_pairs(cfg.pairs, cfg.seed, cfg.size, cfg.styles, cfg.spread))
+    t0 = time.perf_counter()
+    losses = pretrain.train_denoiser(sd, list(images), list(captions), cfg, np.random.default_rng(cfg.seed))
+    result = {"spread": spread, "object_share": round(object_share(spread), 3), "steps": args.train,
+              "batch": args.batch, "lr": args.lr, "train_s": round(time.perf_counter() - t0),
+              "loss_last_50": round(float(np.mean(losses[-50:])), 4)}
+    rng = np.random.default_rng(123)
+    result.update(swap_gap(jt, sd, [sample_scene(rng, spread=spread) for _ in range(64)], rng))
+    if args.sheet:
+        sheet(sd, args.sheet)
+    return result
+
+
+if __name__ == "__main__":
+    main()
