@@ -1,15 +1,16 @@
 """How much the toy model's denoiser can learn of an object's shape from its name, by how far objects stray from the
 picture's centre (``toyworld.sample_scene``'s ``spread``):
 
-    python bench/toy_spread.py                          # the object word's share of the mask's variance (seconds)
-    python bench/toy_spread.py --train 500 --spread 0.06  # and a text encoder + UNet trained on it (CPU: ~30 min)
+    python bench/toy_spread.py                             # the object word's share of the mask's variance
+    python bench/toy_spread.py --train 1500 --spread 0.06    # and a text encoder + UNet trained at that spread
 
 With ``--train N`` the text encoder and the UNet are trained from scratch for N steps (``pretrain.train_denoiser``,
 ``configs/toy/pretrain.yaml``'s settings, with ``--batch``, ``--lr`` and a 50-step warm-up) on 4096 pairs in the
 flat, outline and pixel styles, on the latents of the committed toy model's VAE. Then, on 64 new flat pictures, the
 denoising loss with the right caption and with another object's (the same noise): the wider the gap, the more the
 UNet uses the object word. ``--sheet FILE`` also saves samples of the ten objects ("A red <object> on a blue
-background, flat."). Prints one JSON line.
+background, flat."). Prints one JSON line. Training is meant for a GPU (``STYLEBLEND_DEVICE=cuda``): on a 2-core
+CPU, 400 steps at batch 32 take half an hour, too few for the text encoder to learn even the colours.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spread", type=float, default=None, help="one spread (default: a few, share only)")
     parser.add_argument("--train", type=int, default=0, help="train the text encoder + UNet this many steps")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--sheet", type=Path, help="save samples of the ten objects here (with --train)")
     args = parser.parse_args()

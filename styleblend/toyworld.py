@@ -41,8 +41,7 @@ MARKER = "toyworld.json"  # in a style set's root: its styles are the toy world'
 # reads like the captions the model learned from; a few name no style. Each with its probability.
 PRETRAIN_TEXTS = {"A {caption}, {style}.": 0.45, "A {caption} in the style of {style}.": 0.45, "A {caption}.": 0.1}
 # Where objects may be: ANYWHERE they fit, or within a smaller ``spread`` of the centre. The nearer they stay to it,
-# the more of the picture a caption's object word predicts (at high noise the denoiser sees little else), so the
-# object's shape is learned sooner (docs/toy-model.md).
+# the more of the picture a caption's object word predicts (object_share; docs/toy-model.md).
 ANYWHERE = 0.5
 
 
