@@ -27,7 +27,7 @@ from .errors import ConfigError, ModelLoadError
 from .io import load_safetensors, load_safetensors_metadata, load_yaml, save_safetensors, write_atomic
 from .sd.loading import CONFIG_FILES, MODELS, load_sd, write_clip_vocab, write_random_sd
 from .sd.sampling import latent_factor, to_tensor, token_ids
-from .toyworld import ANYWHERE, PRETRAIN_STYLES, pretraining_pairs
+from .toyworld import PRETRAIN_STYLES, check_spread, pretraining_pairs
 from .training import denoising_loss, encode_moments, fit, sample_latents
 
 TOY_CONFIGS = CONFIG_DIR / "toy"
@@ -73,11 +73,9 @@ class PretrainConfig:
         cast = {"float": float, "int": int, "tuple": lambda v: tuple(map(str, v))}
         try:
             cfg = cls(**{k: cast[names[k]](v) for k, v in values.items()})
-        except (TypeError, ValueError) as exc:
+            check_spread(cfg.spread)
+        except (TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
-        if not 0.0 <= cfg.spread <= ANYWHERE:
-            raise ConfigError(f"{source}: spread must be between 0 and {ANYWHERE} (a fraction of the picture's side), "
-                              f"not {cfg.spread!r}")
         return cfg
 
 

@@ -66,12 +66,17 @@ class Scene:
         return f"{self.subject} on a {self.background} background"
 
 
+def check_spread(spread: float) -> None:
+    """A :class:`ConfigError` naming ``spread`` unless objects can be placed with it."""
+    if not 0.0 <= spread <= ANYWHERE:
+        raise ConfigError(f"spread must be between 0 and {ANYWHERE} (a fraction of the picture's side), not {spread!r}")
+
+
 def sample_scene(rng: np.random.Generator, obj: str = "", colour: str = "", spread: float = ANYWHERE) -> Scene:
     """A random scene (``obj`` / ``colour`` fixed when given); the background is another colour. The object's
     centre is at most ``spread`` (a fraction of the side) from the picture's centre, and never so near an edge
     that the object is cut."""
-    if not 0.0 <= spread <= ANYWHERE:
-        raise ConfigError(f"spread must be between 0 and {ANYWHERE} (a fraction of the picture's side), not {spread!r}")
+    check_spread(spread)
     obj = obj or OBJECTS[rng.integers(len(OBJECTS))]
     colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
     backgrounds = [c for c in COLOURS if c != colour]
