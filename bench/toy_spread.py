@@ -55,8 +55,8 @@ def sheet(sd, path: Path) -> None:
     from styleblend.toyworld import OBJECTS
 
     out = Image.new("RGB", (64 * len(OBJECTS), 128))
+    prompts = [f"A red {obj} on a blue background, flat." for obj in OBJECTS]
     for row in range(2):
-        prompts = [f"A red {obj} on a blue background, flat." for obj in OBJECTS]
         for col, image in enumerate(text_to_image(sd, prompts, steps=30, seed=row + 2, height=64, width=64)):
             out.paste(image, (64 * col, 64 * row))
     out.save(path)
