@@ -12,8 +12,9 @@ denoising loss with the right caption and with another object's (the same noise)
 UNet uses the object word. ``--sheet FILE`` also saves samples of the ten objects ("A red <object> on a blue
 background, flat."). ``--model`` measures a pretrained model instead (a folder, or ``toy``), and how often the toy
 judge (``styleblend.toyjudge``) finds the prompt's object and colour in 40 of its images (each object 4 times, a
-random colour on a random background, 30 DDIM steps, guidance 7.5; chance is 0.1 for objects). Prints one JSON line. Training is meant for a GPU (``STYLEBLEND_DEVICE=cuda``): on a 2-core
-CPU, 400 steps at batch 32 take half an hour, too few for the text encoder to learn even the colours.
+random colour on a random background, 30 DDIM steps, guidance 7.5; chance is 0.1 for objects). Prints one JSON
+line. Training is meant for a GPU (``STYLEBLEND_DEVICE=cuda``): on a 2-core CPU, 400 steps at batch 32 take half an
+hour, too few for the text encoder to learn even the colours; measuring a model takes about 15 minutes there.
 """
 from __future__ import annotations
 
