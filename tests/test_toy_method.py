@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from styleblend.ablation import run_ablation
-from styleblend.reproduce import reproduce
+from styleblend.ablation import MODE_VARIANTS, run_ablation
+from styleblend.reproduce import run_coarse, run_fine
 from styleblend.run_context import open_set
+from styleblend.validate import validate_styles
 
 TOY = Path(__file__).resolve().parents[1] / "data" / "toy"
 
@@ -19,10 +20,13 @@ def rows(tmp_path_factory):
     folders = dict(results_root=root / "result", checkpoints_root=root / "checkpoints")
     with pytest.MonkeyPatch.context() as env:
         env.delenv("STYLEBLEND_SMOKE", raising=False)  # make test sets it; this test needs the toy recipe's sizes
-        reproduce("toy", TOY, styles=["dots"], model="toy", echo=lambda _: None, **folders)
         run = open_set(TOY, "toy", model="toy", echo=lambda _: None, **folders)
         assert not run.smoke
-        return run_ablation(run, ["dots"], root / "ablation", echo=lambda _: None)
+        dots = validate_styles(run.paths.data_root, ["dots"], run.recipe, "toy", run.sd.tokenizer).styles["dots"]
+        for train in (run_coarse, run_fine):
+            train(run.sd, dots, run.recipe, run.paths)
+        variants = [v for v in MODE_VARIANTS if v.name in ("CSB only", "FSB only", "StyleBlend (full)")]
+        return run_ablation(run, ["dots"], root / "ablation", variants, echo=lambda _: None)
 
 
 def test_coarse_branch_keeps_the_colour_fine_branch_the_texture(rows):
