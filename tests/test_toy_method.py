@@ -1,7 +1,8 @@
 """The method's premise, measured on the committed toy model at its own recipe (not smoke sizes): the dots style
-trained, then the coarse branch alone, the fine branch alone and the full blend generated and scored. The coarse branch keeps the prompt's colour, the fine branch gets
-the references' texture, and the full blend keeps that texture. On dots these orderings held with a margin for both
-seeds measured (docs/toy-model.md has the table); a change that breaks a branch or the blend fails here."""
+trained, then the coarse branch alone, the fine branch alone and the full blend generated and scored. The coarse
+branch keeps the prompt's colour, the fine branch gets the references' texture, and the full blend keeps that
+texture. On dots these orderings held with a margin for both seeds measured (docs/toy-model.md has the table); a
+change that breaks a branch or the blend fails here."""
 from pathlib import Path
 
 import pytest
