@@ -32,11 +32,15 @@ from styleblend.runtime import start
 GAP_TIMESTEPS = (900, 700, 500)
 
 
-def swap_gap(jt, sd, scenes, rng) -> dict:
-    """The denoising loss at each of :data:`GAP_TIMESTEPS` with the right caption and with another object's."""
+def swap_gap(jt, sd, spread: float) -> dict:
+    """The denoising loss at each of :data:`GAP_TIMESTEPS` on 64 new flat pictures at ``spread``, with the right
+    caption and with another object's."""
     from styleblend.sd.sampling import token_ids
-    from styleblend.toyworld import OBJECTS, draw
+    from styleblend.toyworld import OBJECTS, draw, sample_scene
     from styleblend.training import encode_moments, sample_latents
+
+    rng = np.random.default_rng(123)
+    scenes = [sample_scene(rng, spread=spread) for _ in range(64)]
 
     wrong = [replace(s, obj=OBJECTS[(OBJECTS.index(s.obj) + 1 + rng.integers(len(OBJECTS) - 1)) % len(OBJECTS)])
              for s in scenes]
@@ -111,12 +115,9 @@ def main() -> None:
 
 def measure(jt, model: str, spread: float, args) -> dict:
     from styleblend.sd.loading import load_sd, resolve_model
-    from styleblend.toyworld import sample_scene
 
     sd = load_sd(resolve_model(model))
-    rng = np.random.default_rng(123)
-    result = {"model": model, "spread": spread, **swap_gap(jt, sd, [sample_scene(rng, spread=spread)
-                                                                     for _ in range(64)], rng), **judged(sd)}
+    result = {"model": model, "spread": spread, **swap_gap(jt, sd, spread), **judged(sd)}
     if args.sheet:
         sheet(sd, args.sheet)
     return result
@@ -125,7 +126,7 @@ def measure(jt, model: str, spread: float, args) -> dict:
 def train(jt, spread: float, args) -> dict:
     from styleblend import pretrain
     from styleblend.sd.loading import load_sd, resolve_model, write_random_sd
-    from styleblend.toyworld import object_share, pretraining_pairs, sample_scene
+    from styleblend.toyworld import object_share, pretraining_pairs
 
     sd = load_sd(resolve_model("toy"))
     with tempfile.TemporaryDirectory() as scratch:
@@ -139,8 +140,7 @@ def train(jt, spread: float, args) -> dict:
     result = {"spread": spread, "object_share": round(object_share(spread), 3), "steps": args.train,
               "batch": args.batch, "lr": args.lr, "train_s": round(time.perf_counter() - t0),
               "loss_last_50": round(float(np.mean(losses[-50:])), 4)}
-    rng = np.random.default_rng(123)
-    result.update(swap_gap(jt, sd, [sample_scene(rng, spread=spread) for _ in range(64)], rng))
+    result.update(swap_gap(jt, sd, spread))
     if args.sheet:
         sheet(sd, args.sheet)
     return result
